@@ -1,0 +1,19 @@
+"""llava_accel: fast LLaVA-1.5 inference backends, and an honest measurement of what each speed-up costs.
+
+    import llava_accel as la
+    b = la.load_backend("cpu")                      # the embedded tiny model by default
+    b.generate(images=[img], prompts=["What is written on the sign?"])
+"""
+
+from .backends.base import Backend, GenerationOutput
+from .errors import (BackendUnavailableError, ImageError, LlavaAccelError, ModelNotFoundError,
+                     UnknownBackendError)
+from .models.loading import DEFAULT_MODEL
+from .registry import BackendInfo, list_backends, load_backend
+from .tasks import Sample
+
+__version__ = "0.1.0"
+
+__all__ = ["Backend", "BackendInfo", "BackendUnavailableError", "DEFAULT_MODEL", "GenerationOutput", "ImageError",
+           "LlavaAccelError", "ModelNotFoundError", "Sample", "UnknownBackendError", "list_backends",
+           "load_backend"]

@@ -1,0 +1,1 @@
+"""Built-in backends. Each module holds only what differs from ``eager``."""

@@ -1,0 +1,130 @@
+"""The ``Backend`` interface: model loading, shared preprocessing and decoding around one generation hook.
+
+A backend subclass decides *how* token ids are generated (``generate_ids``) and which device, dtype and attention it
+defaults to. Everything else (chat template, processor, left padding, decoding to text) lives here once, so every
+backend sees byte-identical inputs and the measurement can compare them fairly.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from ..errors import ImageError
+from ..models.loading import LoadedModel, load_model
+from ..preprocessing import ImageInput, encode_batch, load_image
+
+DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype '{dtype}'; use one of float16, bfloat16, float32") from None
+
+
+def cuda_unavailable_reason(device: str | None) -> str | None:
+    """Why ``device`` cannot be used here, or None. Only CUDA devices can be missing."""
+    if device is None or not str(device).startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+        return (f"needs a CUDA GPU (torch {torch.__version__} is {build}); "
+                "pass device='cpu' (CLI: --device cpu) or use the 'cpu' backend")
+    return None
+
+
+@dataclass
+class GenerationOutput:
+    """One sample's answer: the decoded text and the generated token ids (prompt and padding excluded, EOS cut)."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+
+
+class Backend(ABC):
+    """Base class for every backend, built-in or plugin.
+
+    Subclasses set ``name`` and the ``default_*`` class attributes and implement ``generate_ids``; they may
+    override ``unavailable_reason`` to say what hardware or package they need, and ``describe`` to report options.
+    """
+
+    name: ClassVar[str]
+    default_device: ClassVar[str] = "cuda"
+    default_dtype: ClassVar[str] = "float16"
+    default_attention: ClassVar[str] = "sdpa"
+
+    def __init__(self, model: str | None = None, device: str | None = None, dtype: str | torch.dtype | None = None,
+                 attention: str | None = None) -> None:
+        self.device = torch.device(device or self.default_device)
+        self.dtype = resolve_dtype(dtype or self.default_dtype)
+        self.loaded: LoadedModel = load_model(model, device=self.device, dtype=self.dtype,
+                                              attention=attention or self.default_attention)
+        self.model = self.loaded.model
+        self.processor = self.loaded.processor
+
+    # -- what the backend is -------------------------------------------------------------------------------------
+    @classmethod
+    def unavailable_reason(cls, device: str | None = None, dtype: str | None = None,
+                           attention: str | None = None) -> str | None:
+        """None when the backend can run here with these settings, else a short reason saying what is missing."""
+        return cuda_unavailable_reason(device or cls.default_device)
+
+    @property
+    def attention(self) -> str:
+        """The attention implementation the model actually uses (transformers may fall back silently)."""
+        return self.model.config._attn_implementation
+
+    def describe(self) -> dict[str, Any]:
+        """What ran: resolved settings, so that a result can always be traced back to its configuration."""
+        return {"backend": self.name, "model": self.loaded.model_id, "weights": self.loaded.weights,
+                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                "attention": self.attention, "threads": torch.get_num_threads()}
+
+    # -- generation ----------------------------------------------------------------------------------------------
+    def prepare(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Chat template + processor + left padding, moved to the backend's device and dtype."""
+        if len(images) != len(prompts):
+            raise ImageError(f"got {len(images)} images for {len(prompts)} prompts; pass one image per prompt")
+        batch = encode_batch(self.processor, [load_image(i) for i in images], list(prompts))
+        return {k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
+
+    @abstractmethod
+    def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int | None = None,
+                     streamer: Any = None) -> torch.Tensor:
+        """Greedy generation; returns only the new token ids, shape (batch, new_tokens), padded after EOS.
+
+        ``streamer`` follows transformers' ``BaseStreamer``: ``put`` once with the prompt ids, then once per
+        generated step with that step's tokens, then ``end``. The measurement uses it to time the first token.
+        """
+
+    def generate(self, images: Sequence[ImageInput], prompts: Sequence[str], max_new_tokens: int = 32,
+                 min_new_tokens: int | None = None, streamer: Any = None) -> list[GenerationOutput]:
+        """Answer each prompt about its image. ``min_new_tokens=max_new_tokens`` forces equal work for timing."""
+        inputs = self.prepare(images, prompts)
+        with torch.inference_mode():
+            new_ids = self.generate_ids(inputs, max_new_tokens, min_new_tokens, streamer)
+        return self.decode(new_ids)
+
+    def decode(self, new_ids: torch.Tensor) -> list[GenerationOutput]:
+        tokenizer = self.processor.tokenizer
+        outputs = []
+        for row in new_ids.tolist():
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id)]
+            outputs.append(GenerationOutput(tokenizer.decode(row, skip_special_tokens=True).strip(), row))
+        return outputs
+
+
+def default_threads() -> int:
+    """CPUs this process may run on (respects taskset and cgroup affinity, unlike ``os.cpu_count``)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

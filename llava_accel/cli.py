@@ -1,0 +1,78 @@
+"""``llava-accel``: the command line. Each subcommand is one small function; user errors are one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+from .errors import LlavaAccelError
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from .registry import list_backends
+
+    infos = list_backends()
+    rows = [("name", "available", "why not", "package")]
+    rows += [(i.name, "yes" if i.available else "no", i.reason or "", i.package) for i in infos]
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .preprocessing import load_image
+    from .registry import load_backend
+
+    image = load_image(args.image)  # fail on a bad image before spending time on the model
+    backend = load_backend(args.backend, model=args.model, **_backend_options(args))
+    print(backend.generate([image], [args.prompt], max_new_tokens=args.max_new_tokens)[0].text)
+    return 0
+
+
+def _backend_options(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("attention", args.attention))
+            if v is not None}
+
+
+def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = "cpu") -> None:
+    p.add_argument("--backend", default=backend_default, help="backend name (see `llava-accel backends`)")
+    p.add_argument("--model", default=None, help="hub id or local folder (default: the embedded tiny model)")
+    p.add_argument("--device", default=None, help="override the backend's device (cuda, cpu)")
+    p.add_argument("--dtype", default=None, help="override the backend's dtype (float16, bfloat16, float32)")
+    p.add_argument("--attention", default=None, help="attention implementation (eager, sdpa, flash_attention_2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llava-accel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, tuple[Callable, str]] = {
+        "backends": (cmd_backends, "list the backends and whether each can run here"),
+        "generate": (cmd_generate, "answer one prompt about one image"),
+    }
+    for name, (func, help_) in commands.items():
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(func=func)
+        if name == "generate":
+            _add_backend_args(p)
+            p.add_argument("--image", required=True, help="image file")
+            p.add_argument("--prompt", required=True)
+            p.add_argument("--max-new-tokens", type=int, default=32)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # a command line prints results, not transformers' progress bars and advisory warnings
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LlavaAccelError as exc:
+        print(f"llava-accel: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llava-accel: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,24 @@
+"""User-facing errors: each one is a single line that says what went wrong and what to do.
+
+The CLI prints these without a traceback; anything else that escapes is a bug and keeps its traceback.
+"""
+
+
+class LlavaAccelError(Exception):
+    """Base class for errors caused by the user's input or machine, not by a bug in llava_accel."""
+
+
+class UnknownBackendError(LlavaAccelError):
+    pass
+
+
+class BackendUnavailableError(LlavaAccelError):
+    pass
+
+
+class ModelNotFoundError(LlavaAccelError):
+    pass
+
+
+class ImageError(LlavaAccelError):
+    pass

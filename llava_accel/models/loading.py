@@ -1,0 +1,103 @@
+"""Loading a LLaVA model and its processor from a hub id or a local ``save_pretrained`` folder.
+
+Safetensors only and ``trust_remote_code=False``: a model folder can never run code on the user's machine.
+Without network a hub download would retry for ~30 s before failing, so we check the cache and the hub's
+reachability first and fail at once with a line that says how to point at a local copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from ..errors import LlavaAccelError, ModelNotFoundError
+
+DEFAULT_MODEL = str(Path(__file__).parent / "default")
+MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+MARKER = "llava_accel.json"  # written by our builders: what kind of weights a folder holds
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    processor: Any
+    model_id: str
+    path: str
+    weights: str  # "real" (pretrained checkpoint), "tiny-random", "tiny-trained" or "random"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if _offline():
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_model_path(model: str, allow_patterns: list[str] | None = None) -> str:
+    """A local folder holding ``model``: the folder itself, the HF cache's snapshot, or a fresh download."""
+    if Path(model).is_dir():
+        return str(model)
+    from huggingface_hub import snapshot_download
+
+    patterns = allow_patterns or MODEL_FILES
+    try:
+        return snapshot_download(model, allow_patterns=patterns, local_files_only=True)
+    except Exception:
+        pass
+    if not HUB_ID.match(model):
+        raise ModelNotFoundError(f"model folder not found: {model} (nor is it a hub id like owner/name)")
+    if not hub_reachable():
+        raise ModelNotFoundError(
+            f"model '{model}' is not a local folder, not in the Hugging Face cache, and the hub is unreachable "
+            f"(offline); download it where there is network (`hf download {model} --local-dir DIR`) and pass DIR")
+    try:
+        return snapshot_download(model, allow_patterns=patterns)
+    except Exception as exc:
+        raise ModelNotFoundError(f"cannot download model '{model}': {str(exc).splitlines()[0]}") from None
+
+
+def weights_kind(path: str, model: str) -> str:
+    marker = Path(path) / MARKER
+    if marker.exists():
+        return json.loads(marker.read_text()).get("weights", "random")
+    return "real"
+
+
+def load_model(model: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa") -> LoadedModel:
+    """Model (eval mode, on ``device`` in ``dtype``) and processor (left padding) for ``model``."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = model or DEFAULT_MODEL
+    path = resolve_model_path(model)
+    if not (Path(path) / "config.json").exists():
+        raise ModelNotFoundError(f"{path} has no config.json; pass a folder written by save_pretrained")
+    try:
+        net = LlavaForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, attn_implementation=attention, use_safetensors=True, trust_remote_code=False,
+            device_map={"": str(device)} if device.type == "cuda" else None)
+    except ImportError as exc:
+        raise LlavaAccelError(f"attention '{attention}' cannot be used here: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+    processor.tokenizer.padding_side = "left"
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return LoadedModel(net.to(device).eval(), processor, model, path, weights_kind(path, model))
