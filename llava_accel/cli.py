@@ -45,21 +45,27 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
     p.add_argument("--attention", default=None, help="attention implementation (eager, sdpa, flash_attention_2)")
 
 
+def _add_generate_args(p: argparse.ArgumentParser) -> None:
+    _add_backend_args(p)
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+
+
+# name -> (function, help, adds the command's arguments). A new subcommand is one function and one row here.
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]] = {
+    "backends": (cmd_backends, "list the backends and whether each can run here", lambda p: None),
+    "generate": (cmd_generate, "answer one prompt about one image", _add_generate_args),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llava-accel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    commands: dict[str, tuple[Callable, str]] = {
-        "backends": (cmd_backends, "list the backends and whether each can run here"),
-        "generate": (cmd_generate, "answer one prompt about one image"),
-    }
-    for name, (func, help_) in commands.items():
+    for name, (func, help_, add_args) in COMMANDS.items():
         p = sub.add_parser(name, help=help_)
         p.set_defaults(func=func)
-        if name == "generate":
-            _add_backend_args(p)
-            p.add_argument("--image", required=True, help="image file")
-            p.add_argument("--prompt", required=True)
-            p.add_argument("--max-new-tokens", type=int, default=32)
+        add_args(p)
     return parser
 
 

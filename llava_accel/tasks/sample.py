@@ -14,4 +14,5 @@ class Sample:
     prompt: str
     references: list[str] = field(default_factory=list)  # may be empty when only speed is measured
     id: str = ""
+    task: str = ""  # the task it came from (see llava_accel.tasks.TASKS); selects the native metric
     fields: dict[str, Any] = field(default_factory=dict)  # task-specific structure (e.g. ScienceQA hint, choices)

@@ -103,6 +103,6 @@ def synthetic_samples(task: str, limit: int = 16, seed: int = 0) -> list[Sample]
     samples = []
     for i in range(limit):
         sample = make(random.Random(f"{task}/{seed}/{i}"))
-        sample.id = f"{task}/{seed}/{i}"
+        sample.id, sample.task = f"{task}/{seed}/{i}", task
         samples.append(sample)
     return samples
