@@ -52,10 +52,29 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .study.spec import load_spec
+    from .study.sweep import run_sweep
+
+    summary = run_sweep(load_spec(args.spec), args.out, retry_failed=args.retry_failed, dry_run=args.dry_run)
+    if not args.dry_run:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
+        print(f"done: {counts}; {summary.skipped} were already done; results in {summary.results}")
+    return 0
+
+
+def _add_sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="sweep spec (.toml, or .yaml); see benchmarks/reference_study*.toml")
+    p.add_argument("--out", required=True, help="folder for results.jsonl; rerun the same command to resume")
+    p.add_argument("--retry-failed", action="store_true", help="run again the points recorded as failed")
+    p.add_argument("--dry-run", action="store_true", help="list the points still to run, run nothing")
+
+
 # name -> (function, help, adds the command's arguments). A new subcommand is one function and one row here.
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]] = {
     "backends": (cmd_backends, "list the backends and whether each can run here", lambda p: None),
     "generate": (cmd_generate, "answer one prompt about one image", _add_generate_args),
+    "sweep": (cmd_sweep, "measure every point of a sweep spec, resumably, into DIR/results.jsonl", _add_sweep_args),
 }
 
 

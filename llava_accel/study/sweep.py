@@ -1,0 +1,241 @@
+"""Resumable sweeps: measure every point of a spec, one results.jsonl line per finished point.
+
+The sweep only orchestrates: it loads each backend by name through the registry (so new backends need no change
+here), hands it to ``measure()`` (which never knows which backend it times) and appends the result at once. Running
+the same command again skips the points already in the file; a point that raises is recorded with its error and the
+sweep goes on; running out of memory is recorded as ``oom`` and the larger batch sizes of that configuration are not
+tried.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import shutil
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import BackendUnavailableError, LlavaAccelError
+from .spec import Point, ProfilePoint, SpecError, SweepSpec
+from .store import OK, ResultStore
+
+RESULTS = "results.jsonl"
+ERROR, OOM, UNAVAILABLE = "error", "oom", "unavailable"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or an allocator's 'out of memory' RuntimeError."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def measure_point(backend: Any, point: Point, samples: list) -> dict[str, Any]:
+    """The default measurement of one point: ``la.measure`` on preloaded samples, as a plain dict."""
+    from ..measure import measure
+
+    options = dict(point.measure_options)
+    if point.img_size is not None:
+        options["img_size"] = point.img_size
+    result = measure(backend, samples, batch_size=point.batch_size, max_input_len=point.max_input_len,
+                     max_new_tokens=point.max_new_tokens, limit=point.limit, warmup=point.warmup, seed=point.seed,
+                     **options)
+    return result.to_dict()
+
+
+def profile_point(backend: Any, point: ProfilePoint, samples: list) -> dict[str, Any]:
+    from .profile import profile_layers
+
+    return profile_layers(backend, samples, batch_sizes=list(point.batch_sizes), img_size=point.img_size,
+                          repeats=point.repeats).to_dict()
+
+
+def load_point_backend(point: Point | ProfilePoint) -> Any:
+    from ..registry import load_backend
+
+    options = {k: v for k, v in (("device", point.device), ("dtype", point.dtype)) if v is not None}
+    return load_backend(point.backend, model=point.model, **options, **point.backend_options)
+
+
+def load_samples(task: str, limit: int | None, seed: int) -> list:
+    from ..tasks import load_task
+
+    return load_task(task, limit=limit, seed=seed)
+
+
+@dataclass
+class SweepSummary:
+    total: int
+    skipped: int = 0  # already in the results file
+    ran: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    results: str = ""
+
+
+class _Loaded:
+    """The one backend held in memory: points are ordered so that each backend is loaded once."""
+
+    def __init__(self, load: Callable[[Any], Any]) -> None:
+        self.load, self.group, self.backend, self.error = load, None, None, None
+
+    def get(self, point: Point | ProfilePoint) -> Any:
+        if point.load_group() != self.group:
+            self.release()
+            self.group = point.load_group()
+            try:
+                self.backend = self.load(point)
+            except Exception as exc:  # recorded for every point of the group, then the sweep goes on
+                self.error = exc
+        if self.error is not None:
+            raise self.error
+        return self.backend
+
+    def release(self) -> None:
+        self.backend = self.error = self.group = None
+        _free_device_memory()
+
+
+def run_sweep(spec: SweepSpec, out_dir: str | Path, retry_failed: bool = False, dry_run: bool = False,
+              log: Callable[[str], None] = print, measure: Callable[..., dict] = measure_point,
+              profile: Callable[..., dict] = profile_point, load: Callable[[Any], Any] = load_point_backend,
+              samples: Callable[[str, int | None, int], list] = load_samples) -> SweepSummary:
+    """Measure every point of ``spec`` not yet in ``out_dir/results.jsonl``. The callables are seams for tests."""
+    points = spec.points(_available_backends(spec))
+    _check_models({p.model for p, _ in points})
+    out = Path(out_dir)
+    store = ResultStore(out / RESULTS)
+    if store.dropped_bytes:
+        log(f"dropped a torn last line ({store.dropped_bytes} bytes) left by an interrupted run; that point runs again")
+    _keep_spec(spec, out)
+    done = store.latest()
+    todo = [(p, g) for p, g in points if p.key not in done or (retry_failed and done[p.key].get("status") != OK)]
+    summary = SweepSummary(total=len(points), skipped=len(points) - len(todo), results=str(store.path))
+    failed_before = sum(1 for p, _ in points if p.key in done and done[p.key].get("status") != OK)
+    log(f"sweep '{spec.name}': {len(points)} points, {summary.skipped} already in {store.path}, {len(todo)} to run"
+        + (f" ({failed_before} failed before; --retry-failed runs them again)" if failed_before and not retry_failed
+           else ""))
+    if dry_run:
+        for p, grids in todo:
+            log(f"  {p.label()}  [{', '.join(grids)}]")
+        return summary
+
+    loaded = _Loaded(load)
+    data: dict[tuple, Any] = {}
+    oom_at: dict[tuple, int] = {}
+    started = time.monotonic()
+    try:
+        for i, (point, grids) in enumerate(todo):
+            log(f"[{summary.skipped + i + 1}/{summary.total}] {point.label()} ...")
+            t0 = time.monotonic()
+            record = _run_point(point, loaded, data, oom_at, measure, profile, samples)
+            record.update(grids=grids, sweep=spec.name, elapsed_s=round(time.monotonic() - t0, 3))
+            store.append(record)
+            summary.ran += 1
+            summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+            eta = (time.monotonic() - started) / (i + 1) * (len(todo) - i - 1)
+            status = record["status"] if record["status"] == OK else f"{record['status']}: {record['error']}"
+            log(f"    {status} ({record['elapsed_s']:.1f} s); {summary.skipped + i + 1}/{summary.total} done, "
+                f"ETA {_duration(eta)}")
+    finally:
+        loaded.release()
+    return summary
+
+
+def _run_point(point: Point | ProfilePoint, loaded: _Loaded, data: dict, oom_at: dict[tuple, int],
+               measure: Callable, profile: Callable, samples: Callable) -> dict[str, Any]:
+    record: dict[str, Any] = {"key": point.key, "point": asdict(point), "status": OK, "error": None, "result": None,
+                              "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              "host": platform.node()}
+    shape = _shape(point)
+    if isinstance(point, Point) and shape in oom_at and point.batch_size > oom_at[shape]:
+        record.update(status=OOM, error=f"not run: batch size {oom_at[shape]} already ran out of memory")
+        return record
+    try:
+        backend = loaded.get(point)
+        limit = point.limit if isinstance(point, Point) else max(point.batch_sizes)
+        data_key = (point.task, limit, point.seed)
+        if data_key not in data:
+            data[data_key] = samples(point.task, limit, point.seed)
+        run = measure if isinstance(point, Point) else profile
+        record["result"] = run(backend, point, data[data_key])
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a crashed point is recorded and the sweep goes on
+        status = OOM if is_out_of_memory(exc) else UNAVAILABLE if isinstance(exc, BackendUnavailableError) else ERROR
+        if status == OOM and isinstance(point, Point):
+            oom_at[shape] = min(point.batch_size, oom_at.get(shape, point.batch_size))
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        record.update(status=status, error=f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+        if not isinstance(exc, LlavaAccelError):
+            record["traceback"] = traceback.format_exc(limit=-8)
+        _free_device_memory()
+    return record
+
+
+def _shape(point: Point | ProfilePoint) -> tuple:
+    """A point's configuration without its batch size: out of memory at batch b means out of memory above b."""
+    d = asdict(point)
+    d.pop("batch_size", None)
+    d.pop("repetition", None)
+    return tuple(sorted((k, repr(v)) for k, v in d.items()))
+
+
+def _free_device_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def _available_backends(spec: SweepSpec) -> list[str]:
+    """Registered backends that can run here; an unknown backend name in the spec is an error before any point."""
+    from ..registry import list_backends
+
+    infos = list_backends()
+    known = {i.name for i in infos}
+    grids = spec.grids + ([spec.profile] if spec.profile else [])
+    for grid in grids:
+        for name in grid.get("backends") or []:
+            if name != "available" and name not in known:
+                raise SpecError(f"{spec.path}: field 'backends' names unknown backend '{name}'; known backends: "
+                                f"{', '.join(sorted(known))} (or \"available\")")
+    return [i.name for i in infos if i.available]
+
+
+def _check_models(models: set[str | None]) -> None:
+    """A model that cannot be found fails every point: say so once, before the sweep starts."""
+    from ..models.loading import resolve_model_path
+
+    for model in models:
+        if model is not None:
+            resolve_model_path(model)
+
+
+def _keep_spec(spec: SweepSpec, out: Path) -> None:
+    """A copy of the spec beside its results, so that the study can be rerun or extended from the folder alone."""
+    src = Path(spec.path)
+    if src.is_file():
+        dst = out / f"spec{src.suffix}"
+        if src.resolve() != dst.resolve():
+            shutil.copyfile(src, dst)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+__all__ = ["ERROR", "OOM", "OK", "RESULTS", "SweepSummary", "UNAVAILABLE", "is_out_of_memory", "run_sweep"]

@@ -1,0 +1,275 @@
+"""Sweeps: the spec parser, the crash-safe results file, resume after a kill, failing and out-of-memory points.
+
+The measurement is replaced by fakes here (seams of ``run_sweep``), so these tests check the orchestration exactly
+and fast; tests/test_sweep_tiny.py runs the real thing end to end on the tiny model.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from llava_accel.cli import main
+from llava_accel.study import ResultStore, SpecError, load_spec, parse_spec, read_records
+from llava_accel.study.store import ResultsFileError
+from llava_accel.study.sweep import OOM, run_sweep
+
+SPEC = """
+name = "t"
+backends = ["cpu"]
+tasks = ["synthetic-textvqa"]
+batch_sizes = [1, 2]
+limit = 2
+
+[[grid]]
+name = "batch size"
+batch_sizes = [1, 2, 4]
+
+[[grid]]
+name = "length"
+batch_sizes = [2]
+max_input_lens = [50, 100]
+"""
+
+
+def write(tmp_path, text, name="spec.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+class FakeMeasure:
+    """Returns a result computed from the point; raises for chosen batch sizes; remembers what it ran."""
+
+    def __init__(self, fail=None):
+        self.fail, self.ran = fail or {}, []
+
+    def __call__(self, backend, point, samples):
+        self.ran.append(point.key)
+        if point.batch_size in self.fail:
+            raise self.fail[point.batch_size]
+        return {"latency": {"per_batch_s": {"mean": 0.1 * point.batch_size}}, "n_samples": len(samples)}
+
+
+def fake_load(point):
+    return object()
+
+
+def fake_samples(task, limit, seed):
+    return [f"{task}/{seed}/{i}" for i in range(limit or 4)]
+
+
+def sweep(spec, out, **kw):
+    kw.setdefault("measure", FakeMeasure())
+    logs = []
+    summary = run_sweep(spec, out, load=fake_load, samples=fake_samples, log=logs.append, **kw)
+    return summary, logs
+
+
+def test_grids_are_a_union_each_point_once(tmp_path):
+    points = load_spec(write(tmp_path, SPEC)).points(["cpu"])
+    keys = [p.key for p, _ in points]
+    assert len(keys) == len(set(keys)) == 5  # bs 1, 2, 4 at no length + bs 2 at 50 and 100
+    by_shape = {(p.batch_size, p.max_input_len): grids for p, grids in points}
+    assert by_shape == {(1, None): ["batch size"], (2, None): ["batch size"], (4, None): ["batch size"],
+                        (2, 50): ["length"], (2, 100): ["length"]}
+    assert [p.batch_size for p, _ in points if p.max_input_len is None] == [1, 2, 4]  # upwards: OOM stops larger
+
+
+def test_shared_point_is_measured_once_and_labelled_with_both_grids(tmp_path):
+    spec = parse_spec({"backends": ["cpu"], "tasks": ["synthetic-coco"], "grid": [
+        {"name": "a", "batch_sizes": [1, 4]}, {"name": "b", "batch_sizes": [4], "max_input_lens": [1]},
+        {"name": "c", "batch_sizes": [4, 8]}]})
+    points = spec.points(["cpu"])
+    grids = {(p.batch_size, p.max_input_len): g for p, g in points}
+    assert grids[(4, None)] == ["a", "c"] and grids[(4, 1)] == ["b"] and len(points) == 4
+
+
+def test_available_expands_to_the_backends_that_can_run(tmp_path):
+    spec = parse_spec({"backends": "available", "tasks": "synthetic-coco", "batch_sizes": 1})
+    assert sorted(p.backend for p, _ in spec.points(["cpu", "eager"])) == ["cpu", "eager"]
+
+
+@pytest.mark.parametrize("text, field", [
+    ("backends=['cpu']\ntasks=['synthetic-coco']\nbatch_size=[1]\n", "batch_size"),
+    ("backends=['cpu']\ntasks=['synthetic-coco']\nbatch_sizes=[0]\n", "batch_sizes"),
+    ("backends=['cpu']\ntasks=['synthetic-coco']\nbatch_sizes=['x']\n", "batch_sizes"),
+    ("backends=['cpu']\nbatch_sizes=[1]\n", "tasks"),
+    ("backends=['cpu']\ntasks=['synthetic-coco']\nbatch_sizes=[1]\nrepetitions=0\n", "repetitions"),
+    ("backends=['cpu']\ntasks=['synthetic-coco']\nbatch_sizes=[1]\nlimit='all'\n", "limit"),
+    ("backends=['cpu']\ntasks=['synthetic-coco']\nbatch_sizes=[1, 1]\n", "batch_sizes"),
+    ("backends=['cpu']\ntasks=['synthetic-coco']\n[[grid]]\nbatch_sizes=[1]\nmax_input_len=[5]\n", "max_input_len"),
+    ("backends=['cpu']\ntasks=['synthetic-coco']\nbatch_sizes=[1]\n[profile]\nrepeats=2\n", "batch_sizes"),
+    ("backends=['cpu']\ntasks=['synthetic-coco']\nbatch_sizes=[1]\nbackend_options={cpu=3}\n", "backend_options"),
+    ("backends=['cpu'\n", "invalid TOML"),
+])
+def test_bad_spec_is_one_line_naming_the_field(tmp_path, capsys, text, field):
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert "\n" not in message and field in message and str(path) in message
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and field in stderr and "Traceback" not in stderr
+
+
+def test_unknown_field_suggests_the_right_one(tmp_path):
+    with pytest.raises(SpecError, match="did you mean 'batch_sizes'"):
+        load_spec(write(tmp_path, "backends=['cpu']\ntasks=['t']\nbatch_size=[1]\n"))
+
+
+def test_unknown_backend_is_an_error_before_any_point(tmp_path):
+    spec = load_spec(write(tmp_path, "backends=['cpu', 'nosuch']\ntasks=['synthetic-coco']\nbatch_sizes=[1]\n"))
+    with pytest.raises(SpecError, match="'backends'.*'nosuch'"):
+        sweep(spec, tmp_path / "out")
+    assert not (tmp_path / "out" / "results.jsonl").exists() or read_records(tmp_path / "out" / "results.jsonl")[0] == []
+
+
+def test_yaml_spec(tmp_path):
+    spec = load_spec(write(tmp_path, "backends: [cpu]\ntasks: [synthetic-coco]\nbatch_sizes: [1, 2]\n", "s.yaml"))
+    assert [p.batch_size for p, _ in spec.points([])] == [1, 2]
+
+
+# -- the results file -------------------------------------------------------------------------------------------
+def test_torn_last_line_is_dropped_and_the_file_stays_valid(tmp_path):
+    path = tmp_path / "results.jsonl"
+    good = [{"key": "a", "status": "ok"}, {"key": "b", "status": "ok"}]
+    text = "".join(json.dumps(r) + "\n" for r in good)
+    path.write_text(text + '{"key": "c", "status": "o')  # a write cut short by a kill
+    assert read_records(path)[0] == good
+    store = ResultStore(path)
+    assert store.records == good and store.dropped_bytes == len('{"key": "c", "status": "o')
+    assert path.read_text() == text  # cut at the last complete line
+    store.append({"key": "c", "status": "ok", "value": float("nan")})
+    records = read_records(path)[0]
+    assert [r["key"] for r in records] == ["a", "b", "c"] and records[2]["value"] is None  # strict JSON: NaN -> null
+
+
+def test_complete_last_line_without_newline_is_kept(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"key": "a"}\n{"key": "b"}')
+    store = ResultStore(path)
+    store.append({"key": "c"})
+    assert [r["key"] for r in read_records(path)[0]] == ["a", "b", "c"]
+
+
+def test_corrupt_line_in_the_middle_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
+    with pytest.raises(ResultsFileError, match="line 2"):
+        ResultStore(path)
+
+
+# -- running ----------------------------------------------------------------------------------------------------
+def test_resume_skips_finished_points(tmp_path):
+    spec = load_spec(write(tmp_path, SPEC))
+    first, logs = sweep(spec, tmp_path / "out")
+    assert first.ran == first.total == 5 and first.statuses == {"ok": 5}
+    assert any("ETA" in line for line in logs) and any("[5/5]" in line for line in logs)
+    again = FakeMeasure()
+    second, _ = sweep(spec, tmp_path / "out", measure=again)
+    assert second.ran == 0 and second.skipped == 5 and again.ran == []
+    records = read_records(tmp_path / "out" / "results.jsonl")[0]
+    assert len({r["key"] for r in records}) == len(records) == 5
+    assert (tmp_path / "out" / "spec.toml").read_text() == Path(spec.path).read_text()
+
+
+def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
+    spec = parse_spec({"backends": ["cpu"], "tasks": ["synthetic-coco", "synthetic-textvqa"],
+                       "batch_sizes": [1, 2, 4, 8]})
+    fake = FakeMeasure(fail={2: ValueError("boom\nsecond line"), 4: RuntimeError("CUDA out of memory. Tried 2 GiB")})
+    summary, _ = sweep(spec, tmp_path / "out", measure=fake)
+    records = {(r["point"]["task"], r["point"]["batch_size"]): r for r in read_records(tmp_path / "out" / "results.jsonl")[0]}
+    assert len(records) == 8 and summary.ran == 8
+    for task in ("synthetic-coco", "synthetic-textvqa"):
+        assert records[(task, 1)]["status"] == "ok" and records[(task, 1)]["result"]["n_samples"] == 4
+        assert records[(task, 2)]["status"] == "error" and records[(task, 2)]["error"] == "ValueError: boom"
+        assert "Traceback" in records[(task, 2)]["traceback"]
+        assert records[(task, 4)]["status"] == OOM and "out of memory" in records[(task, 4)]["error"]
+        assert records[(task, 8)]["status"] == OOM and "batch size 4" in records[(task, 8)]["error"]
+    assert len(fake.ran) == 6  # batch 8 was not tried after batch 4 ran out of memory
+    # a plain rerun keeps the failures; --retry-failed runs them again and the new lines win
+    assert sweep(spec, tmp_path / "out")[0].ran == 0
+    retried, _ = sweep(spec, tmp_path / "out", retry_failed=True)
+    assert retried.ran == 6
+    store = ResultStore(tmp_path / "out" / "results.jsonl")
+    assert all(r["status"] == "ok" for r in store.latest().values()) and len(store.latest()) == 8
+
+
+def test_backend_that_fails_to_load_fails_its_points_only(tmp_path):
+    from llava_accel.errors import BackendUnavailableError
+
+    spec = parse_spec({"backends": ["cpu", "eager"], "tasks": ["synthetic-coco"], "batch_sizes": [1, 2]})
+
+    def load(point):
+        if point.backend == "eager":
+            raise BackendUnavailableError("backend 'eager' is not available here: needs a CUDA GPU")
+        return object()
+
+    logs = []
+    run_sweep(spec, tmp_path / "out", load=load, samples=fake_samples, measure=FakeMeasure(), log=logs.append)
+    statuses = {(r["point"]["backend"], r["point"]["batch_size"]): r["status"]
+                for r in read_records(tmp_path / "out" / "results.jsonl")[0]}
+    assert statuses == {("cpu", 1): "ok", ("cpu", 2): "ok", ("eager", 1): "unavailable", ("eager", 2): "unavailable"}
+
+
+KILLED_RUN = """
+import sys, time
+from llava_accel.study import load_spec
+from llava_accel.study.sweep import run_sweep
+
+spec, out, block_at, flag = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+calls = []
+
+def measure(backend, point, samples):
+    calls.append(point.key)
+    if len(calls) == block_at:  # the point in progress when the process is killed
+        open(flag, "w").close()
+        time.sleep(600)
+    return {"latency": {"per_batch_s": {"mean": point.batch_size}}, "n_samples": len(samples)}
+
+run_sweep(load_spec(spec), out, measure=measure, load=lambda p: object(),
+          samples=lambda t, limit, seed: list(range(limit or 4)), log=lambda s: None)
+"""
+
+
+def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path):
+    spec_path = write(tmp_path, SPEC)
+    script = write(tmp_path, KILLED_RUN, "killed_run.py")
+    out, flag = tmp_path / "out", tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, str(script), str(spec_path), str(out), "4", str(flag)],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():
+            assert proc.poll() is None, "the sweep ended before the point it should block on"
+            assert time.monotonic() < deadline, "the sweep never reached its fourth point"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    before = read_records(out / "results.jsonl")[0]
+    assert len(before) == 3  # three points finished and synced; the fourth was in progress
+    fake = FakeMeasure()
+    summary, _ = sweep(load_spec(spec_path), out, measure=fake)
+    assert summary.skipped == 3 and summary.ran == 2 and len(fake.ran) == 2
+    assert not set(fake.ran) & {r["key"] for r in before}  # nothing measured twice
+    after = read_records(out / "results.jsonl")[0]
+    keys = [r["key"] for r in after]
+    assert len(keys) == len(set(keys)) == 5 and after[:3] == before  # nothing lost, nothing duplicated
+    assert {p.key for p, _ in load_spec(spec_path).points([])} == set(keys)
+    assert all(r["status"] == "ok" and r["result"]["n_samples"] > 0 for r in after)
+
+
+def test_dry_run_lists_points_without_running(tmp_path):
+    fake = FakeMeasure()
+    summary, logs = sweep(load_spec(write(tmp_path, SPEC)), tmp_path / "out", measure=fake, dry_run=True)
+    assert summary.ran == 0 and fake.ran == [] and sum("synthetic-textvqa" in line for line in logs) == 5
