@@ -32,15 +32,19 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ValueError(f"unknown dtype '{dtype}'; use one of float16, bfloat16, float32") from None
 
 
+def missing_cuda() -> str | None:
+    """What is missing for CUDA ("a CUDA GPU (torch ... is a CPU-only build)"), or None when a GPU is visible."""
+    if torch.cuda.is_available():
+        return None
+    build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+    return f"a CUDA GPU (torch {torch.__version__} is {build})"
+
+
 def cuda_unavailable_reason(device: str | None) -> str | None:
     """Why ``device`` cannot be used here, or None. Only CUDA devices can be missing."""
-    if device is None or not str(device).startswith("cuda"):
+    if device is None or not str(device).startswith("cuda") or missing_cuda() is None:
         return None
-    if not torch.cuda.is_available():
-        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
-        return (f"needs a CUDA GPU (torch {torch.__version__} is {build}); "
-                "pass device='cpu' (CLI: --device cpu) or use the 'cpu' backend")
-    return None
+    return f"needs {missing_cuda()}; pass device='cpu' (CLI: --device cpu) or use the 'cpu' backend"
 
 
 @dataclass

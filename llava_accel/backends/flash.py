@@ -1,0 +1,49 @@
+"""``flash``: eager generation with FlashAttention-2 kernels (``attn_implementation="flash_attention_2"``).
+
+FlashAttention-2 needs the ``flash-attn`` package, an Ampere-or-newer CUDA GPU and fp16/bf16 activations. Each is
+checked before loading, without importing flash_attn, so ``list_backends()`` stays cheap and says what is missing.
+"""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+import torch
+
+from ..errors import LlavaAccelError
+from .base import missing_cuda, resolve_dtype
+from .eager import EagerBackend
+
+FLASH = "flash_attention_2"
+
+
+class FlashBackend(EagerBackend):
+    name = "flash"
+    default_attention = FLASH
+
+    def __init__(self, model: str | None = None, device: str | None = None, dtype: str | None = None,
+                 attention: str | None = None) -> None:
+        if attention not in (None, FLASH):
+            raise LlavaAccelError(f"the 'flash' backend always uses attention '{FLASH}', not '{attention}'; "
+                                  f"compare attentions with the 'eager' backend and attention='{attention}'")
+        super().__init__(model, device, dtype, FLASH)
+        if self.attention != FLASH:  # e.g. transformers swapped in a kernel from the hub
+            raise LlavaAccelError(f"transformers loaded attention '{self.attention}' instead of '{FLASH}'")
+
+    @classmethod
+    def unavailable_reason(cls, device: str | None = None, dtype: str | None = None,
+                           attention: str | None = None) -> str | None:
+        missing = []
+        if find_spec("flash_attn") is None:
+            missing.append("the flash-attn package (pip install 'llava-accel[flash]')")
+        device = str(device or cls.default_device)
+        if not device.startswith("cuda"):
+            missing.append(f"a CUDA device (FlashAttention-2 has no '{device}' kernels)")
+        elif missing_cuda():
+            missing.append(missing_cuda())
+        elif torch.cuda.get_device_capability(torch.device(device)) < (8, 0):
+            major, minor = torch.cuda.get_device_capability(torch.device(device))
+            missing.append(f"an Ampere or newer GPU (compute capability 8.0+, this one is {major}.{minor})")
+        if resolve_dtype(dtype or cls.default_dtype) == torch.float32:
+            missing.append("dtype float16 or bfloat16 (FlashAttention-2 has no float32 kernels)")
+        return "needs " + "; ".join(missing) if missing else None
