@@ -6,14 +6,14 @@
 """
 
 from .backends.base import Backend, GenerationOutput
-from .errors import (BackendUnavailableError, ImageError, LlavaAccelError, ModelNotFoundError,
-                     UnknownBackendError)
+from .errors import (BackendUnavailableError, DatasetError, ImageError, LlavaAccelError, ModelNotFoundError,
+                     PromptTooLongError, UnknownBackendError)
 from .models.loading import DEFAULT_MODEL
 from .registry import BackendInfo, list_backends, load_backend
-from .tasks import Sample
+from .tasks import Sample, SampleSet, load_task
 
 __version__ = "0.1.0"
 
-__all__ = ["Backend", "BackendInfo", "BackendUnavailableError", "DEFAULT_MODEL", "GenerationOutput", "ImageError",
-           "LlavaAccelError", "ModelNotFoundError", "Sample", "UnknownBackendError", "list_backends",
-           "load_backend"]
+__all__ = ["Backend", "BackendInfo", "BackendUnavailableError", "DEFAULT_MODEL", "DatasetError", "GenerationOutput",
+           "ImageError", "LlavaAccelError", "ModelNotFoundError", "PromptTooLongError", "Sample", "SampleSet",
+           "UnknownBackendError", "list_backends", "load_backend", "load_task"]

@@ -22,3 +22,11 @@ class ModelNotFoundError(LlavaAccelError):
 
 class ImageError(LlavaAccelError):
     pass
+
+
+class DatasetError(LlavaAccelError):
+    """An unknown task, or a dataset source that is missing, unreachable or lacks a field the task needs."""
+
+
+class PromptTooLongError(LlavaAccelError):
+    """A prompt that ``max_input_len`` cannot fit without cutting its template or answer instruction."""

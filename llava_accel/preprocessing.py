@@ -7,7 +7,8 @@ LLaVA-1.5 was trained on the conversation format ``USER: <image>\\n{prompt} ASSI
 from __future__ import annotations
 
 import os
-from typing import Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence, Union
 
 from PIL import Image, UnidentifiedImageError
 
@@ -36,9 +37,35 @@ def load_image(image: ImageInput) -> Image.Image:
         raise ImageError(f"cannot read image {path}: {exc.__class__.__name__}; pass a PNG, JPEG or other PIL-readable file") from None
 
 
-def encode_batch(processor, images: Sequence[Image.Image], prompts: Sequence[str]) -> dict:
-    """Processor output for a left-padded batch (input_ids, attention_mask, pixel_values)."""
+@dataclass
+class EncodedBatch:
+    """A processed batch and what the knobs did to it (see ``encode``)."""
+
+    inputs: dict  # processor output: input_ids, attention_mask, pixel_values (left padded)
+    truncated: list[bool]  # per sample: prompt cut to fit max_input_len
+    text_tokens: list[int]  # per sample: text tokens of the templated prompt as run (image tokens excluded)
+    image_tokens: int  # image tokens per image (576 for LLaVA-1.5 at 336 px, 256 at 224 px)
+
+
+def encode(processor, images: Sequence[Image.Image], prompts: Sequence[str], max_input_len: int | None = None,
+           img_size: int | None = None, fields: Sequence[Mapping[str, Any] | None] | None = None) -> EncodedBatch:
+    """Processor output for a left-padded batch, prompts cut to ``max_input_len`` text tokens by the rule of
+    ``llava_accel.truncation`` (which needs each sample's ``fields``; without them nothing is cut) and images resized
+    to ``img_size`` px (None: the processor's own size). The model must accept that size (``image_size``)."""
+    from .image_size import processor_size_kwargs
+    from .truncation import fit_prompt
+
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    fitted = [fit_prompt(processor.tokenizer, p, f, max_input_len, image_token_id)
+              for p, f in zip(prompts, fields or [None] * len(prompts))]
     processor.tokenizer.padding_side = "left"
-    batch = processor(images=list(images), text=[format_prompt(p) for p in prompts], padding=True,
-                      return_tensors="pt")
-    return dict(batch)
+    batch = dict(processor(images=list(images), text=[format_prompt(f.prompt) for f in fitted], padding=True,
+                           return_tensors="pt", **processor_size_kwargs(img_size)))
+    image_tokens = int((batch["input_ids"] == image_token_id).sum()) // max(len(fitted), 1)
+    return EncodedBatch(batch, [f.cut for f in fitted], [f.text_tokens for f in fitted], image_tokens)
+
+
+def encode_batch(processor, images: Sequence[Image.Image], prompts: Sequence[str], max_input_len: int | None = None,
+                 img_size: int | None = None, fields: Sequence[Mapping[str, Any] | None] | None = None) -> dict:
+    """Processor output for a left-padded batch (input_ids, attention_mask, pixel_values); see ``encode``."""
+    return encode(processor, images, prompts, max_input_len, img_size, fields).inputs

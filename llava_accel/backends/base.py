@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
 from ..errors import ImageError
+from ..image_size import enable_any_image_size, native_image_size
 from ..models.loading import LoadedModel, load_model
-from ..preprocessing import ImageInput, encode_batch, load_image
+from ..preprocessing import EncodedBatch, ImageInput, encode, load_image
 
 DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -53,6 +54,9 @@ class GenerationOutput:
 
     text: str
     token_ids: list[int] = field(default_factory=list)
+    truncated: bool = False  # the prompt was cut to fit max_input_len
+    text_tokens: int = 0  # text tokens of the prompt as run (image tokens excluded)
+    image_tokens: int = 0  # image tokens of its image (576 for LLaVA-1.5 at 336 px)
 
 
 class Backend(ABC):
@@ -95,12 +99,27 @@ class Backend(ABC):
                 "attention": self.attention, "threads": torch.get_num_threads()}
 
     # -- generation ----------------------------------------------------------------------------------------------
-    def prepare(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Chat template + processor + left padding, moved to the backend's device and dtype."""
+    def encode(self, images: Sequence[ImageInput], prompts: Sequence[str], max_input_len: int | None = None,
+               img_size: int | None = None, fields: Sequence[Mapping[str, Any] | None] | None = None) -> EncodedBatch:
+        """``prepare`` plus what the knobs did (cut prompts, text and image token counts); see ``preprocessing.encode``.
+
+        ``fields`` are the samples' ``Sample.fields``: ``max_input_len`` cuts a prompt's context and question only
+        where they name them. A non-native ``img_size`` makes the vision tower interpolate its position embeddings.
+        """
         if len(images) != len(prompts):
             raise ImageError(f"got {len(images)} images for {len(prompts)} prompts; pass one image per prompt")
-        batch = encode_batch(self.processor, [load_image(i) for i in images], list(prompts))
-        return {k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
+        if img_size is not None and img_size != native_image_size(self.model.config):
+            enable_any_image_size(self.model)
+        batch = encode(self.processor, [load_image(i) for i in images], list(prompts), max_input_len, img_size, fields)
+        batch.inputs = {k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype)
+                        for k, v in batch.inputs.items()}
+        return batch
+
+    def prepare(self, images: Sequence[ImageInput], prompts: Sequence[str], max_input_len: int | None = None,
+                img_size: int | None = None, fields: Sequence[Mapping[str, Any] | None] | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Chat template + processor + left padding, moved to the backend's device and dtype."""
+        return self.encode(images, prompts, max_input_len, img_size, fields).inputs
 
     @abstractmethod
     def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int | None = None,
@@ -112,12 +131,18 @@ class Backend(ABC):
         """
 
     def generate(self, images: Sequence[ImageInput], prompts: Sequence[str], max_new_tokens: int = 32,
-                 min_new_tokens: int | None = None, streamer: Any = None) -> list[GenerationOutput]:
-        """Answer each prompt about its image. ``min_new_tokens=max_new_tokens`` forces equal work for timing."""
-        inputs = self.prepare(images, prompts)
+                 min_new_tokens: int | None = None, streamer: Any = None, max_input_len: int | None = None,
+                 img_size: int | None = None, fields: Sequence[Mapping[str, Any] | None] | None = None
+                 ) -> list[GenerationOutput]:
+        """Answer each prompt about its image. ``min_new_tokens=max_new_tokens`` forces equal work for timing;
+        ``max_input_len``, ``img_size`` and ``fields`` as in ``encode`` (each output says if its prompt was cut)."""
+        batch = self.encode(images, prompts, max_input_len, img_size, fields)
         with torch.inference_mode():
-            new_ids = self.generate_ids(inputs, max_new_tokens, min_new_tokens, streamer)
-        return self.decode(new_ids)
+            new_ids = self.generate_ids(batch.inputs, max_new_tokens, min_new_tokens, streamer)
+        outputs = self.decode(new_ids)
+        for out, cut, text_tokens in zip(outputs, batch.truncated, batch.text_tokens):
+            out.truncated, out.text_tokens, out.image_tokens = cut, text_tokens, batch.image_tokens
+        return outputs
 
     def decode(self, new_ids: torch.Tensor) -> list[GenerationOutput]:
         tokenizer = self.processor.tokenizer

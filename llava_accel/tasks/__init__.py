@@ -2,34 +2,59 @@
 
 ``load_task(name, ...)`` returns ``Sample``s tagged with their task; ``native_metric(samples, predictions)``
 scores predictions with the metric of the task the samples came from (WER, common to all tasks, lives in
-``llava_accel.metrics``).
+``llava_accel.metrics``). The named tasks (``TASKS``: coco, scienceqa, textvqa) are ``TaskSpec`` data; their synthetic
+twins share their prompts and metrics. See docs/tasks.md.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
-from .sample import Sample
+from ..errors import DatasetError
+from ..metrics.choice import choice_metric
+from ..metrics.cider import cider_metric
+from ..metrics.vqa import vqa_metric
+from .sample import Sample, SampleSet
+from .sources import load_samples
+from .specs import SYNTHETIC_KINDS, TASKS, TaskSpec, apply_stop, task_kind, task_max_new_tokens
 from .synthetic import GENERATORS as SYNTHETIC_TASKS, synthetic_samples
 
-# task name -> metric(samples, predictions) -> {metric name: value}
-NATIVE_METRICS: dict[str, Callable[[Sequence[Sample], Sequence[str]], dict[str, float]]] = {}
+Metric = Callable[[Sequence[Sample], Sequence[str]], dict[str, float]]
+KIND_METRICS: dict[str, Metric] = {"caption": cider_metric, "vqa": vqa_metric, "choice": choice_metric}
+# task name -> metric(samples, predictions) -> {metric name: value}; plugins may register more
+NATIVE_METRICS: dict[str, Metric] = {name: KIND_METRICS[kind]
+                                     for name, kind in {**{n: s.kind for n, s in TASKS.items()}, **SYNTHETIC_KINDS}.items()}
 
 
-def load_task(name: str, split: str | None = None, limit: int | None = None, source: str | None = None,
-              seed: int = 0) -> list[Sample]:
-    """Samples of task ``name`` (a synthetic task for now), each tagged with ``sample.task = name``."""
+def load_task(name: str, split: str | None = None, limit: int | None = None, source: str | os.PathLike | None = None,
+              seed: int = 0) -> SampleSet:
+    """Samples of task ``name``, each tagged with ``sample.task = name``.
+
+    Named tasks read ``source`` (default: the task's hub id; or a save_to_disk folder, or a plain folder with
+    samples.jsonl), the first ``limit`` rows of ``split`` (default: the split lmms-eval evaluates). Synthetic tasks
+    are drawn from ``seed`` (``limit`` defaults to 16 there); ``seed`` does not affect named tasks.
+    """
     if name in SYNTHETIC_TASKS:
-        return synthetic_samples(name, limit if limit is not None else 16, seed=seed)
-    raise ValueError(f"unknown task '{name}'; known tasks: {', '.join(sorted(SYNTHETIC_TASKS))}")
+        return SampleSet(synthetic_samples(name, limit if limit is not None else 16, seed=seed), source="synthetic")
+    if name in TASKS:
+        return load_samples(TASKS[name], split=split, limit=limit, source=source)
+    known = ", ".join(sorted([*TASKS, *SYNTHETIC_TASKS]))
+    raise DatasetError(f"unknown task '{name}'; known tasks: {known}")
 
 
 def native_metric(samples: Sequence[Sample], predictions: Sequence[str]) -> dict[str, float]:
-    """The native metric of the samples' task ({} when they mix tasks or their task has none registered)."""
+    """The native metric of the samples' task ({} when they mix tasks or their task has none registered).
+
+    A named task's stop strings (lmms-eval ``until``) cut each prediction first.
+    """
     tasks = {s.task for s in samples}
     if len(tasks) != 1 or (task := tasks.pop()) not in NATIVE_METRICS:
         return {}
+    if task in TASKS and TASKS[task].until:
+        predictions = [apply_stop(p, TASKS[task].until) for p in predictions]
     return NATIVE_METRICS[task](samples, predictions)
 
 
-__all__ = ["NATIVE_METRICS", "SYNTHETIC_TASKS", "Sample", "load_task", "native_metric", "synthetic_samples"]
+__all__ = ["NATIVE_METRICS", "SYNTHETIC_TASKS", "Sample", "SampleSet", "TASKS", "TaskSpec", "apply_stop", "load_task",
+           "native_metric", "synthetic_samples", "task_kind", "task_max_new_tokens"]
