@@ -135,6 +135,9 @@ def test_missing_and_malformed_sources(tmp_path):
     (folder / "samples.jsonl").write_text('{"image": "images/0.png", "question": "q", "answers": []}\n{oops\n')
     with pytest.raises(DatasetError, match=r"samples.jsonl:2: not valid JSON"):
         load_task("textvqa", source=folder)
+    good = [json.dumps(r) for r in rows if "answers" in r]
+    (folder / "samples.jsonl").write_text(good[0] + "\n\n" + "\n".join(good[1:]) + "\n\n")  # blank lines are skipped
+    assert len(load_task("textvqa", source=folder)) == 3 and len(load_task("textvqa", source=folder, limit=2)) == 2
 
 
 def test_save_to_disk_errors(tmp_path):

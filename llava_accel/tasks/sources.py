@@ -103,8 +103,9 @@ def _disk_dataset(path: Path, split: str):
     return ds
 
 
-def _dataset_rows(ds, spec: TaskSpec, where: str, limit: int | None) -> Iterator[dict]:
-    """Rows of a ``datasets.Dataset`` with the image column left undecoded (so a bad image is ours to skip)."""
+def _dataset_rows(ds, spec: TaskSpec, where: str, limit: int | None) -> Iterator[tuple[str, dict]]:
+    """(where, row) for the rows of a ``datasets.Dataset``, the image column left undecoded (a bad image is ours
+    to skip)."""
     import datasets
 
     needed = [spec.columns[f] for f in ("image", *KIND_FIELDS[spec.kind])]
@@ -117,21 +118,26 @@ def _dataset_rows(ds, spec: TaskSpec, where: str, limit: int | None) -> Iterator
         ds = ds.cast_column(image, datasets.Image(decode=False))
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    yield from ds
+    for index, row in enumerate(ds):
+        yield f"{where} row {index}", row
 
 
-def _jsonl_rows(path: Path, limit: int | None) -> Iterator[dict]:
+def _jsonl_rows(path: Path, limit: int | None) -> Iterator[tuple[str, dict]]:
+    rows = 0
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if limit is not None and lineno > limit:
+            if limit is not None and rows >= limit:
                 return
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg}); write one JSON object per line") from None
             if not isinstance(row, dict):
                 raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+            rows += 1
+            yield f"{path}:{lineno}", row
 
 
 def resolve_source(spec: TaskSpec, source: str | os.PathLike | None) -> tuple[str, str | Path]:
@@ -165,8 +171,7 @@ def load_samples(spec: TaskSpec, split: str | None = None, limit: int | None = N
         ds = _hub_dataset(spec, location, split) if kind == "hub" else _disk_dataset(location, split)
         rows = _dataset_rows(ds, spec, f"{location} ({split})", limit)
     samples, skipped = [], []
-    for index, row in enumerate(rows):
-        where = f"{location}:{index + 1}" if kind == "folder" else f"{location} ({split}) row {index}"
+    for index, (where, row) in enumerate(rows):
         row_id = row.get(spec.id_column, index) if spec.id_column else index
         sample_id = f"{spec.name}/{split}/{row_id}"
         try:
