@@ -71,12 +71,16 @@ class Backend(ABC):
     default_dtype: ClassVar[str] = "float16"
     default_attention: ClassVar[str] = "sdpa"
 
-    def __init__(self, model: str | None = None, device: str | None = None, dtype: str | torch.dtype | None = None,
-                 attention: str | None = None) -> None:
+    def __init__(self, model: str | LoadedModel | None = None, device: str | None = None,
+                 dtype: str | torch.dtype | None = None, attention: str | None = None) -> None:
         self.device = torch.device(device or self.default_device)
         self.dtype = resolve_dtype(dtype or self.default_dtype)
-        self.loaded: LoadedModel = load_model(model, device=self.device, dtype=self.dtype,
-                                              attention=attention or self.default_attention)
+        attention = attention or self.default_attention
+        if isinstance(model, LoadedModel):  # built in memory (random 7B weights for speed runs): shared, not copied
+            model.model.to(self.device, self.dtype).set_attn_implementation(attention)
+            self.loaded = model
+        else:
+            self.loaded = load_model(model, device=self.device, dtype=self.dtype, attention=attention)
         self.model = self.loaded.model
         self.processor = self.loaded.processor
 

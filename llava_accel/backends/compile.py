@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import LlavaAccelError
+from ..models.loading import LoadedModel
 from .eager import EagerBackend
 
 MODES = ("default", "reduce-overhead", "max-autotune")
@@ -90,7 +91,7 @@ def dynamo_graphs() -> int:
 class CompileBackend(EagerBackend):
     name = "compile"
 
-    def __init__(self, model: str | None = None, device: str | None = None, dtype: str | None = None,
+    def __init__(self, model: str | LoadedModel | None = None, device: str | None = None, dtype: str | None = None,
                  attention: str | None = None, mode: str | None = None, fullgraph: bool = False,
                  parts: str = "decode", batch_buckets: Sequence[int] | None = BATCH_BUCKETS,
                  cache_bucket: int = 128) -> None:

@@ -11,6 +11,7 @@ from importlib.util import find_spec
 import torch
 
 from ..errors import LlavaAccelError
+from ..models.loading import LoadedModel
 from .base import missing_cuda, resolve_dtype
 from .eager import EagerBackend
 
@@ -21,7 +22,7 @@ class FlashBackend(EagerBackend):
     name = "flash"
     default_attention = FLASH
 
-    def __init__(self, model: str | None = None, device: str | None = None, dtype: str | None = None,
+    def __init__(self, model: str | LoadedModel | None = None, device: str | None = None, dtype: str | None = None,
                  attention: str | None = None) -> None:
         if attention not in (None, FLASH):
             raise LlavaAccelError(f"the 'flash' backend always uses attention '{FLASH}', not '{attention}'; "
