@@ -8,12 +8,15 @@
 from .backends.base import Backend, GenerationOutput
 from .errors import (BackendUnavailableError, DatasetError, ImageError, LlavaAccelError, ModelNotFoundError,
                      PromptTooLongError, UnknownBackendError)
+from .measure import measure
 from .models.loading import DEFAULT_MODEL
 from .registry import BackendInfo, list_backends, load_backend
+from .result import MeasureResult
 from .tasks import Sample, SampleSet, load_task
 
 __version__ = "0.1.0"
 
 __all__ = ["Backend", "BackendInfo", "BackendUnavailableError", "DEFAULT_MODEL", "DatasetError", "GenerationOutput",
-           "ImageError", "LlavaAccelError", "ModelNotFoundError", "PromptTooLongError", "Sample", "SampleSet",
-           "UnknownBackendError", "list_backends", "load_backend", "load_task"]
+           "ImageError", "LlavaAccelError", "MeasureResult", "ModelNotFoundError", "PromptTooLongError", "Sample", "SampleSet",
+           "UnknownBackendError", "list_backends", "load_backend", "load_task",
+           "measure"]

@@ -70,10 +70,72 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the points still to run, run nothing")
 
 
+def cmd_measure(args: argparse.Namespace) -> int:
+    from .measure import measure
+    from .registry import load_backend
+    from .tasks import load_task
+    from .tasks.folder import load_folder
+
+    # bad data fails before the model loads
+    samples = load_folder(args.data, args.limit) if args.data else load_task(args.task, limit=args.limit, seed=args.seed)
+    backend = load_backend(args.backend, model=args.model, **_backend_options(args))
+    result = measure(backend, samples, batch_size=args.batch_size, max_input_len=args.max_input_len,
+                     max_new_tokens=args.max_new_tokens, limit=args.limit, warmup=args.warmup, seed=args.seed,
+                     count_flops=not args.no_flops, fixed_new_tokens=args.fixed_new_tokens,
+                     flop_counter=args.flop_counter, checkpoint=args.json)
+    print(result)
+    if args.json:
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 130 if not result.validity.checks.get("complete", True) else 0
+
+
+def _add_measure_args(p: argparse.ArgumentParser) -> None:
+    _add_backend_args(p)
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--task", help="task name (coco, scienceqa, textvqa, synthetic-coco, ...)")
+    data.add_argument("--data", help="folder with samples.jsonl (image, prompt, references[, id] per line)")
+    p.add_argument("--limit", type=int, default=None, help="first N samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--max-input-len", type=int, default=200, help="prompt budget in tokens (recorded)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: the task's, else 32)")
+    p.add_argument("--fixed-new-tokens", action="store_true",
+                   help="generate exactly --max-new-tokens per answer (equal work for speed comparisons)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    p.add_argument("--no-flops", action="store_true", help="skip the (untimed) FLOP pass")
+    p.add_argument("--flop-counter", choices=("torch", "fvcore"), default="torch",
+                   help="'fvcore' adds an fvcore cross-check of the prefill count")
+    p.add_argument("--json", default=None, help="write the whole result here (also rewritten during the run)")
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    import json
+
+    from .metrics.flops import architecture_flops
+    from .models.architecture import load_config
+
+    counts = architecture_flops(load_config(args.model), args.batch_size, args.text_tokens, logits=args.logits,
+                                image_size=args.image_size)
+    print(json.dumps({"model": args.model, **counts}, indent=1))
+    return 0
+
+
+def _add_flops_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="llava-hf/llava-1.5-7b-hf",
+                   help="hub id or local folder; the shipped 7B config is used offline (default: llava-1.5-7b-hf)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--text-tokens", type=int, default=204, help="prompt tokens besides the image tokens")
+    p.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: the model's own)")
+    p.add_argument("--logits", choices=("all", "last"), default="all",
+                   help="LM head on every prompt position (a plain forward; default) or the last one (as generate)")
+
+
 # name -> (function, help, adds the command's arguments). A new subcommand is one function and one row here.
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]] = {
     "backends": (cmd_backends, "list the backends and whether each can run here", lambda p: None),
     "generate": (cmd_generate, "answer one prompt about one image", _add_generate_args),
+    "measure": (cmd_measure, "quality, latency, energy, FLOPs and memory of a backend on a task", _add_measure_args),
+    "flops": (cmd_flops, "FLOPs of an architecture for one prompt shape, without weights (JSON)", _add_flops_args),
     "sweep": (cmd_sweep, "measure every point of a sweep spec, resumably, into DIR/results.jsonl", _add_sweep_args),
 }
 

@@ -1,0 +1,226 @@
+"""The result of ``measure()``: plain dataclasses that hold only JSON types, and a readable table.
+
+``to_dict()`` / ``to_json()`` write everything, including every prediction with its references and every timed
+batch, so any figure can be recomputed; ``MeasureResult.from_json`` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .metrics.latency import Stats
+from .metrics.memory import MemoryResult
+
+
+@dataclass
+class Prediction:
+    id: str
+    prompt: str
+    prediction: str
+    references: list[str]
+    new_tokens: int  # generated tokens, EOS and padding excluded
+
+
+@dataclass
+class BatchRecord:
+    """One timed batch, as measured."""
+
+    size: int
+    latency_s: float  # end to end: preprocessing, generation, decoding to text
+    ttft_s: float | None  # batch start to the first generated token (None: the backend did not stream)
+    decode_s: float | None  # first generated token to the end of generation
+    steps: int  # generation steps the batch ran (every row runs until the last one stops)
+    new_tokens: int  # sum over rows of generated tokens, EOS and padding excluded
+    energy_j: float
+    prompt_len: int | None = None  # padded prompt length (tokens), filled by the FLOP pass
+    flops: float | None = None  # prefill + decode FLOPs of this batch
+
+
+@dataclass
+class LatencyResult:
+    per_batch: Stats | None  # over full timed batches (a smaller last batch is left out of these statistics)
+    per_sample_s: float | None  # all timed wall time / samples
+    ttft: Stats | None  # time to first token, per batch
+    tpot: Stats | None  # time per output token in the decode phase: decode_s / (steps - 1), per batch
+    tokens_per_s: float | None  # generated tokens (all rows) / timed wall time
+    timed_batches: int
+    total_s: float
+
+
+@dataclass
+class EnergyResult:
+    source: str  # nvml-energy-counter | nvml-power-sampling | rapl | estimated
+    label: str  # "measured" or "estimated"
+    scope: str  # what the joules cover, in words
+    total_j: float
+    joules_per_batch: float | None  # mean over full timed batches
+    joules_per_sample: float | None
+    joules_per_token: float | None  # per generated token (EOS and padding excluded)
+    mean_power_w: float | None  # total_j / timed wall time
+    idle_power_w: float | None  # measured before the run with the same source; reported, never subtracted
+    note: str = ""
+
+
+@dataclass
+class FlopsResult:
+    counter: str
+    convention: str  # what is counted, in words
+    prefill_per_sample: float  # mean over samples of their batch's prefill FLOPs / batch size
+    per_generated_token: float | None  # mean decode-step FLOPs per row
+    total: float  # prefill + decode FLOPs of all timed batches
+    achieved_flops_per_s: float | None  # total / timed wall time
+    peak_flops_per_s: float | None
+    peak_source: str
+    mfu: float | None  # achieved / peak (a fraction)
+    cross_check: dict[str, Any] | None = None
+
+
+@dataclass
+class Validity:
+    valid: bool
+    reasons: list[str]  # why not valid (empty when valid)
+    checks: dict[str, bool]
+
+
+@dataclass
+class MeasureResult:
+    wer: float | None  # percent; None when no sample has a reference
+    native: dict[str, Any]  # the task's own metric (VQA accuracy, CIDEr, letter accuracy), when it has one
+    predictions: list[Prediction]
+    latency: LatencyResult
+    energy: EnergyResult
+    flops: FlopsResult | None  # None when not counted (count_flops=False, FLOP pass failed, or interrupted)
+    memory: MemoryResult
+    validity: Validity
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    batches: list[BatchRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | os.PathLike | None = None, indent: int = 1) -> str:
+        """The result as JSON text; also written to ``path`` (atomically: a crash never leaves half a file)."""
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        if path is not None:
+            tmp = f"{os.fspath(path)}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+            os.replace(tmp, path)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MeasureResult":
+        return _build(cls, data)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "MeasureResult":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def __str__(self) -> str:
+        return format_table(self)
+
+
+def _build(tp: Any, value: Any) -> Any:
+    """Rebuild dataclasses (also inside ``X | None`` and ``list[X]``) from ``asdict`` output."""
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _build(inner[0], value) if len(inner) == 1 else value
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_build(item, v) for v in value]
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: _build(hints[f.name], value[f.name]) for f in dataclasses.fields(tp) if f.name in value})
+    return value
+
+
+# -- the table ----------------------------------------------------------------------------------------------------
+def _si(x: float | None, unit: str, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.{digits}g} {prefix}{unit}"
+    return f"{x:.{digits}g} {unit}"
+
+
+def _s(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.3f} s"
+
+
+def _bytes(x: int | None) -> str:
+    return "n/a" if x is None else f"{x / 2**30:.2f} GiB" if x >= 2**30 else f"{x / 2**20:.1f} MiB"
+
+
+def _stats(st: Stats | None) -> str:
+    if st is None:
+        return "n/a"
+    return (f"mean {_s(st.mean)}  p50 {_s(st.p50)}  p90 {_s(st.p90)}  p99 {_s(st.p99)}  stdev {_s(st.stdev)}  "
+            f"(n={st.n}, cv {100 * st.cv:.1f}%)")
+
+
+def format_table(m: MeasureResult) -> str:
+    c, lat, en, fl, mem = m.config, m.latency, m.energy, m.flops, m.memory
+    b = c.get("backend", {})
+    rows: list[tuple[str, str]] = [
+        ("backend", f"{b.get('backend')}  {b.get('device')} {b.get('dtype')} attention={b.get('attention')} "
+                    f"threads={b.get('threads')}"),
+        ("model", f"{b.get('model')}  (weights: {b.get('weights')})"),
+        ("data", f"{c.get('dataset')}: {c.get('samples')} samples, batch {c.get('batch_size')}, "
+                 f"max_new_tokens {c.get('max_new_tokens')}{' (fixed)' if c.get('fixed_new_tokens') else ''}"),
+        ("", ""),
+        ("WER", "n/a (no references)" if m.wer is None else f"{m.wer:.2f} %"),
+    ]
+    rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in m.native.items()]
+    rows += [
+        ("latency / batch", _stats(lat.per_batch)),
+        ("latency / sample", _s(lat.per_sample_s)),
+        ("TTFT", _stats(lat.ttft)),
+        ("time / output token", _stats(lat.tpot)),
+        ("throughput", "n/a" if lat.tokens_per_s is None else f"{lat.tokens_per_s:.1f} tokens/s"),
+    ]
+    tag = f" ({en.label})"
+    rows += [
+        (f"energy{tag}", f"{en.source}: {en.scope}"),
+        ("  J / batch", _si(en.joules_per_batch, "J") + tag),
+        ("  J / sample", _si(en.joules_per_sample, "J") + tag),
+        ("  J / token", _si(en.joules_per_token, "J") + tag),
+        ("  mean power", _si(en.mean_power_w, "W") + tag),
+        ("  idle power", _si(en.idle_power_w, "W") + (tag if en.idle_power_w is not None else "")),
+    ]
+    if fl is None:
+        rows.append(("FLOPs", "not counted"))
+    else:
+        rows += [
+            ("FLOPs prefill / sample", _si(fl.prefill_per_sample, "FLOP", 4)),
+            ("FLOPs / generated token", _si(fl.per_generated_token, "FLOP", 4)),
+            ("FLOPs total", _si(fl.total, "FLOP", 4)),
+            ("achieved", _si(fl.achieved_flops_per_s, "FLOP/s")),
+            ("MFU", "n/a" if fl.mfu is None else f"{100 * fl.mfu:.2f} % of {_si(fl.peak_flops_per_s, 'FLOP/s')} "
+                                                 f"({fl.peak_source})"),
+        ]
+        if fl.cross_check:
+            rows.append(("FLOP cross-check", json.dumps(fl.cross_check)))
+    rows += [
+        ("peak device memory", _bytes(mem.device_peak_bytes)),
+        ("peak RSS", f"{_bytes(mem.rss_peak_bytes)} ({mem.rss_scope})"),
+        ("", ""),
+        ("verdict", "VALID" if m.validity.valid else "NOT VALID: " + "; ".join(m.validity.reasons)),
+    ]
+    rows += [("note", n) for n in m.notes]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}".rstrip() for k, v in rows)
