@@ -70,6 +70,44 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the points still to run, run nothing")
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    import json
+
+    from .registry import load_backend
+    from .study.profile import profile_layers
+    from .tasks import load_task
+
+    batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
+    backend = load_backend(args.backend, model=args.model, **_backend_options(args))
+    samples = load_task(args.task, limit=max(batch_sizes), seed=args.seed)
+    profile = profile_layers(backend, samples, batch_sizes=batch_sizes, img_size=args.img_size, repeats=args.repeats)
+    print(profile.table())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(profile.to_dict(), f, indent=1)
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise LlavaAccelError(f"{flag} must be positive integers separated by commas, like 1,4,8,16; got '{text}'")
+    return values
+
+
+def _add_profile_args(p: argparse.ArgumentParser) -> None:
+    _add_backend_args(p)
+    p.add_argument("--batch-sizes", default="1,4,8,16", help="comma-separated batch sizes (default 1,4,8,16)")
+    p.add_argument("--task", default="synthetic-textvqa", help="task whose images and prompts are fed")
+    p.add_argument("--img-size", type=int, default=None, help="image side in pixels (default: the model's own)")
+    p.add_argument("--repeats", type=int, default=5, help="timed forwards per batch size and phase (mean)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the profile as JSON here (input to `llava-accel report`)")
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
     from .measure import measure
     from .registry import load_backend
@@ -136,6 +174,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
     "generate": (cmd_generate, "answer one prompt about one image", _add_generate_args),
     "measure": (cmd_measure, "quality, latency, energy, FLOPs and memory of a backend on a task", _add_measure_args),
     "flops": (cmd_flops, "FLOPs of an architecture for one prompt shape, without weights (JSON)", _add_flops_args),
+    "profile": (cmd_profile, "time and FLOPs of every layer, prefill and decode, per batch size", _add_profile_args),
     "sweep": (cmd_sweep, "measure every point of a sweep spec, resumably, into DIR/results.jsonl", _add_sweep_args),
 }
 
