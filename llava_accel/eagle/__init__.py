@@ -1,0 +1,1 @@
+"""EAGLE speculative decoding for LLaVA: draft head, draft tree, slot KV cache, decoding loop, head training."""

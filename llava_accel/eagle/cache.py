@@ -1,0 +1,71 @@
+"""A KV cache in preallocated slots, where each row of a batch holds its own number of valid entries.
+
+Speculative decoding writes a whole draft tree into the cache, keeps only the accepted path, and rows accept
+different lengths. A ``DynamicCache`` can only be cropped at one common length, so we own the storage (gpt-fast
+style): every forward writes its new entries at one common slot range (``begin`` .. ``begin + n``), and
+``compact`` then moves each row's accepted entries right after that row's valid prefix. Row ``b``'s valid entries
+are always the contiguous slots ``start[b] .. lens[b]`` (``start`` skips the left padding of the prompt).
+
+The object is handed to transformers' attention layers as their cache: they only call
+``update(key, value, layer_idx, ...)`` (the extra arguments differ between transformers 5.17 and 5.24).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class SlotCache:
+    def __init__(self, layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        shape = (layers, batch, kv_heads, capacity, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.start = torch.zeros(batch, dtype=torch.long, device=device)  # first valid slot of each row
+        self.lens = torch.zeros(batch, dtype=torch.long, device=device)  # one past the last valid slot
+        self.begin = 0  # where the next forward writes its entries (the same slots for every row)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    def load(self, layer_keys: list[torch.Tensor], layer_values: list[torch.Tensor], start: torch.Tensor) -> None:
+        """Fill from a prefill's per-layer (batch, heads, length, dim) tensors; row b is valid from ``start[b]``."""
+        n = layer_keys[0].shape[2]
+        for i, (k, v) in enumerate(zip(layer_keys, layer_values)):
+            self.keys[i, :, :, :n] = k
+            self.values[i, :, :, :n] = v
+        self.start.copy_(start)
+        self.lens.fill_(n)
+        self.begin = n
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Write the new entries at slots ``begin ..`` and return every slot up to them (attention masks the rest)."""
+        end = self.begin + key.shape[2]
+        self.keys[layer_idx, :, :, self.begin:end] = key
+        self.values[layer_idx, :, :, self.begin:end] = value
+        return self.keys[layer_idx, :, :, :end], self.values[layer_idx, :, :, :end]
+
+    def prefix_mask(self) -> torch.Tensor:
+        """(batch, begin) bool: which slots before ``begin`` each row may attend to."""
+        slots = torch.arange(self.begin, device=self.lens.device)
+        return (slots >= self.start[:, None]) & (slots < self.lens[:, None])
+
+    def compact(self, offsets: torch.Tensor, counts: torch.Tensor) -> None:
+        """Keep, for each row b, the new entries ``begin + offsets[b, :counts[b]]`` (in that order), moved to slots
+        ``lens[b] ..``; the other new entries are dropped. ``offsets``: (batch, m) long, ``counts``: (batch,) >= 0."""
+        m = offsets.shape[1]
+        idx = torch.arange(m, device=offsets.device)
+        keep = idx[None] < counts[:, None]
+        last = (counts - 1).clamp(min=0)[:, None]
+        # entries past a row's count repeat its last move (same source, same value, same target): a no-op; a row
+        # that keeps nothing writes one stale entry just past its valid slots, where nobody looks
+        src = self.begin + torch.where(keep, offsets, offsets.gather(1, last))
+        dst = self.lens[:, None] + torch.where(keep, idx[None], last)
+        layers, batch, heads, _, dim = self.keys.shape
+        src = src[None, :, None, :, None].expand(layers, batch, heads, m, dim)
+        dst = dst[None, :, None, :, None].expand(layers, batch, heads, m, dim)
+        for store in (self.keys, self.values):
+            store.scatter_(3, dst, store.gather(3, src))
+        self.lens += counts
+        self.begin = int(self.lens.max())
