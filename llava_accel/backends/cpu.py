@@ -31,12 +31,13 @@ class CpuBackend(EagerBackend):
     default_dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
 
     def __init__(self, model: str | None = None, device: str | None = None, dtype: str | None = None,
-                 attention: str | None = None, threads: int | None = None) -> None:
+                 attention: str | None = None, threads: int | None = None, **options: Any) -> None:
+        """``options``: those of ``EagerBackend`` (``quantize``, ``quantize_vision``)."""
         if device not in (None, "cpu"):
             raise ValueError(f"the 'cpu' backend runs on the CPU only, not '{device}'; use 'eager' for CUDA")
         self.threads = threads or default_threads()
         torch.set_num_threads(self.threads)
-        super().__init__(model, "cpu", dtype, attention)
+        super().__init__(model, "cpu", dtype, attention, **options)
 
     def describe(self) -> dict[str, Any]:
         why = "native bf16" if cpu_has_native_bf16() else "no native bf16 on this CPU"

@@ -1,0 +1,255 @@
+"""Quantised weights as a backend option: ``quantize="int8" | "int8-dynamic" | "int4"``, applied after loading.
+
+A decode step reads every weight of the language model once, so its time is bound by weight bytes: int8 halves them
+against 16-bit weights, int4 halves them again. Each (mode, device) pair is served by the maintained library that
+has a kernel for it (chosen by measurement, see docs/backends.md); a pair without one is refused at load time, in
+one line, before the model is loaded. The vision tower and projector run once per image, so they stay in full
+precision unless ``include_vision=True``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import BackendUnavailableError
+
+MODES = ("int8", "int8-dynamic", "int4")
+INT4_GROUP_SIZES = (128, 64, 32)  # the largest one that divides a layer's input width is used (gpt-fast: 128)
+LANGUAGE_PARTS = ("model.language_model", "lm_head")
+VISION_PARTS = ("model.vision_tower", "model.multi_modal_projector")
+INSTALL_HINT = "pip install 'llava-accel[quantize]'"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one mode is applied on one device type: which library, which call, which compute dtypes it has kernels
+    for."""
+
+    mode: str
+    device: str
+    package: str  # the pip distribution providing it
+    method: str  # what is called, in words
+    dtypes: tuple[torch.dtype, ...]
+    apply: Callable[[nn.Module, list[str], torch.dtype], None]  # (model, names of the Linear layers, dtype)
+
+
+@dataclass
+class QuantizeReport:
+    """What quantisation did to the model: enough to verify it was not a silent no-op."""
+
+    mode: str
+    library: str  # "<package> <version>"
+    method: str
+    parts: list[str]  # module prefixes that were quantised
+    quantized_linears: int
+    skipped_linears: list[str] = field(default_factory=list)  # left in full precision (no kernel for their shape)
+    weight_bytes_before: int = 0  # of the quantised parts' Linear weights and biases
+    weight_bytes_after: int = 0
+    group_sizes: list[int] = field(default_factory=list)  # int4 only
+
+
+class _ImportNoise(logging.Filter):
+    """Drops two messages that importing torchao logs on every machine without its optional GPU extensions (and
+    transformers imports torchao whenever it is installed, quantised or not): the extensions that cannot load, and
+    torch's notice about how torchao registers its enums. Every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (("Failed to load" in message and "torchao" in message)
+                    or "is an Enum subclass and is now natively supported" in message)
+
+
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).addFilter(_ImportNoise())
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """torch.ao warns on every call that it is deprecated (docs/backends.md says why we still use it on CPU)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.ao.quantization")
+        warnings.filterwarnings("ignore", category=UserWarning, message=".*quantized tensor creation functions")
+        yield
+
+
+def _torchao(config_for: Callable[[nn.Linear], object | None]) -> Callable[[nn.Module, list[str], torch.dtype], None]:
+    """A torchao ``quantize_`` over the named Linear layers; ``config_for(layer)`` picks its config (None: skip)."""
+    def apply(model: nn.Module, names: list[str], dtype: torch.dtype) -> None:
+        from torchao.quantization import quantize_
+
+        by_config: dict[str, tuple[object, set[str]]] = {}  # configs are unhashable: grouped by their repr
+        modules = dict(model.named_modules())
+        for name in names:
+            config = config_for(modules[name])
+            if config is not None:
+                by_config.setdefault(repr(config), (config, set()))[1].add(name)
+        for config, chosen in by_config.values():
+            quantize_(model, config, filter_fn=lambda m, fqn, chosen=chosen: fqn in chosen)
+    return apply
+
+
+def _int4_group(layer: nn.Linear, out_multiple: int) -> int | None:
+    """The group size for a layer, or None when the int4 packing cannot hold it (its kernels need the output width
+    to be a multiple of 16 on CPU, 8 on CUDA): that layer stays in full precision and is reported as skipped."""
+    if layer.out_features % out_multiple:
+        return None
+    return next((g for g in INT4_GROUP_SIZES if layer.in_features % g == 0), None)
+
+
+def _cpu_int4_config(layer: nn.Linear) -> object | None:
+    from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+    group = _int4_group(layer, 16)
+    return None if group is None else PrototypeInt4WeightOnlyConfig(group_size=group)
+
+
+def _cuda_int4_config(layer: nn.Linear) -> object | None:
+    from torchao.quantization import Int4WeightOnlyConfig
+
+    group = _int4_group(layer, 8)
+    return None if group is None else Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
+
+
+def _int8_weight_config(layer: nn.Linear) -> object:
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    return Int8WeightOnlyConfig()
+
+
+def _torch_dynamic(model: nn.Module, names: list[str], dtype: torch.dtype) -> None:
+    """torch's own dynamic quantisation (fbgemm/x86 ``quantized::linear_dynamic``), per-channel int8 weights."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, inplace=True)
+
+
+FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
+RECIPES: dict[tuple[str, str], Recipe] = {(r.mode, r.device): r for r in [
+    Recipe("int8", "cpu", "torchao", "Int8WeightOnlyConfig (int8 per-channel weights, dequantised per matmul)",
+           (FP32, BF16, FP16), _torchao(_int8_weight_config)),
+    Recipe("int8-dynamic", "cpu", "torch", "torch.ao.quantization.quantize_dynamic (per-channel int8 weights, int8 "
+           "activations quantised per call, fbgemm/x86 kernels)", (FP32,), _torch_dynamic),
+    Recipe("int4", "cpu", "torchao", "PrototypeInt4WeightOnlyConfig (group-wise int4, aten._weight_int4pack_mm_for_cpu)",
+           (FP32, BF16, FP16), _torchao(_cpu_int4_config)),
+    Recipe("int8", "cuda", "torchao", "Int8WeightOnlyConfig (int8 per-channel weights)", (BF16, FP16, FP32),
+           _torchao(_int8_weight_config)),
+    Recipe("int4", "cuda", "torchao", "Int4WeightOnlyConfig tile_packed_to_4d (group-wise int4, tinygemm kernel)",
+           (BF16,), _torchao(_cuda_int4_config)),
+]}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def unsupported_reason(mode: str | None, device: torch.device | str, dtype: torch.dtype,
+                       include_vision: bool = False) -> str | None:
+    """None when ``mode`` can run on ``device`` in ``dtype`` here, else one line saying what to change."""
+    if mode is None:
+        return "quantize_vision=True needs a quantize mode (int8, int8-dynamic, int4)" if include_vision else None
+    if mode not in MODES:
+        return f"unknown quantize mode {mode!r}; use None, {', '.join(repr(m) for m in MODES)}"
+    device = torch.device(device)
+    recipe = RECIPES.get((mode, device.type))
+    if recipe is None:
+        served = sorted(d for m, d in RECIPES if m == mode)
+        return (f"quantize={mode!r} has no kernel on {device.type} (available on: {', '.join(served)}); "
+                f"use {' or '.join(repr(m) for m, d in RECIPES if d == device.type and m != mode) or 'None'}")
+    if dtype not in recipe.dtypes:
+        return (f"quantize={mode!r} on {device.type} has kernels for {', '.join(map(_dtype_name, recipe.dtypes))} "
+                f"only, not {_dtype_name(dtype)}; pass dtype={_dtype_name(recipe.dtypes[0])!r}")
+    if importlib.util.find_spec(recipe.package) is None:
+        return f"quantize={mode!r} on {device.type} needs the '{recipe.package}' package ({INSTALL_HINT})"
+    if mode == "int4" and device.type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            return f"quantize='int4' on CUDA needs compute capability >= 8.0 (tinygemm), this GPU has {major}.{minor}"
+    return None
+
+
+def check_supported(mode: str | None, device: torch.device | str, dtype: torch.dtype,
+                    include_vision: bool = False) -> None:
+    """Raise the one-line ``BackendUnavailableError`` for an unsupported combination (before loading anything)."""
+    reason = unsupported_reason(mode, device, dtype, include_vision)
+    if reason is not None:
+        raise BackendUnavailableError(reason)
+
+
+def preferred_dtype(mode: str | None, device: torch.device | str, default: torch.dtype) -> torch.dtype:
+    """``default``, unless ``mode`` has no kernel for it on ``device`` and one for another dtype (e.g. CPU
+    int8-dynamic is fp32 only, CUDA int4 bf16 only): then that one, so a user who gave no dtype gets a working one."""
+    recipe = RECIPES.get((mode, torch.device(device).type)) if mode else None
+    return default if recipe is None or default in recipe.dtypes else recipe.dtypes[0]
+
+
+def linear_names(model: nn.Module, include_vision: bool = False) -> list[str]:
+    """Fully qualified names of the Linear layers quantisation applies to (language model and LM head, and with
+    ``include_vision`` the vision tower and projector). Embeddings stay: a decode step reads one row of them."""
+    prefixes = LANGUAGE_PARTS + (VISION_PARTS if include_vision else ())
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)
+            and any(name == p or name.startswith(p + ".") for p in prefixes)]
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor holds, looking inside quantised tensors (torchao subclasses, torch quantized tensors)."""
+    if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor and type(t) is not nn.Parameter:
+        inner, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, name)) for name in inner)
+    if t.is_quantized:
+        extra = 0
+        if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            extra = tensor_bytes(t.q_per_channel_scales()) + tensor_bytes(t.q_per_channel_zero_points())
+        return t.numel() * t.element_size() + extra
+    return t.numel() * t.element_size()
+
+
+def linear_bytes(module: nn.Module) -> int:
+    """Bytes of one Linear layer's weight and bias, quantised or not (torch.ao dynamic layers pack theirs)."""
+    if hasattr(module, "_packed_params"):
+        weight, bias = module._packed_params._weight_bias()
+        return tensor_bytes(weight) + (0 if bias is None else tensor_bytes(bias))
+    return sum(tensor_bytes(t) for t in (module.weight, module.bias) if t is not None)
+
+
+def quantize_model(model: nn.Module, mode: str, device: torch.device | str, dtype: torch.dtype,
+                   include_vision: bool = False) -> QuantizeReport:
+    """Quantise ``model`` in place (a LLaVA ``...ForConditionalGeneration`` on ``device`` in ``dtype``)."""
+    check_supported(mode, device, dtype, include_vision)
+    recipe = RECIPES[(mode, torch.device(device).type)]
+    names = linear_names(model, include_vision)
+    modules = dict(model.named_modules())
+    before = sum(linear_bytes(modules[n]) for n in names)
+    with _quiet():
+        recipe.apply(model, names, dtype)
+    modules = dict(model.named_modules())
+    done, skipped = [n for n in names if is_quantized(modules[n])], [n for n in names if not is_quantized(modules[n])]
+    groups = sorted({g for n in done if (g := getattr(modules[n].weight, "block_size", [0])[-1])}) if mode == "int4" \
+        else []
+    return QuantizeReport(mode=mode, library=f"{recipe.package} {_version(recipe.package)}", method=recipe.method,
+                          parts=list(LANGUAGE_PARTS + (VISION_PARTS if include_vision else ())),
+                          quantized_linears=len(done), skipped_linears=skipped, weight_bytes_before=before,
+                          weight_bytes_after=sum(linear_bytes(modules[n]) for n in names), group_sizes=groups)
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """True when a Linear-like layer holds quantised weights (a torchao tensor subclass or torch.ao packed int8)."""
+    if hasattr(module, "_packed_params"):
+        return True
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and type(weight) not in (torch.Tensor, nn.Parameter)
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"

@@ -1,0 +1,137 @@
+"""Quantisation on the tiny model: each mode loads, generates, holds quantised weights (checked by type and by
+bytes, so a silent no-op cannot pass), stays close to the unquantised logits without equalling them, and an
+unsupported combination fails at load time with one line, before any model is loaded."""
+
+import pytest
+import torch
+from torch import nn
+
+import llava_accel as la
+from llava_accel import quantize as q
+from llava_accel.metrics.drift import drift
+
+MAX_NEW = 8
+MODES = ["int8", "int8-dynamic", "int4"]
+
+
+def _weight_is_quantized_as(mode: str, module: nn.Module) -> bool:
+    """Independent of ``q.is_quantized``: the exact module or tensor type each library produces."""
+    if mode == "int8":
+        from torchao.quantization import Int8Tensor
+
+        return isinstance(module.weight, Int8Tensor) and module.weight.qdata.dtype == torch.int8
+    if mode == "int8-dynamic":
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+        return isinstance(module, DynamicLinear) and module.weight().dtype == torch.qint8
+    from torchao.prototype.quantization.int4 import Int4OpaqueTensor
+
+    w = module.weight  # two int4 values per byte
+    return isinstance(w, Int4OpaqueTensor) and w.qdata.numel() * 2 == module.in_features * module.out_features
+
+
+def _linears(model: nn.Module, prefix: str) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if n.startswith(prefix) and hasattr(m, "in_features")}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return la.load_backend("cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module", params=MODES)
+def quantized(request):
+    return la.load_backend("cpu", dtype="float32", quantize=request.param)
+
+
+def test_language_model_holds_quantized_weights_and_vision_does_not(quantized):
+    mode, model = quantized.quantize, quantized.model
+    language = _linears(model, "model.language_model")
+    assert len(language) == 7 * model.config.text_config.num_hidden_layers  # q k v o gate up down
+    assert all(_weight_is_quantized_as(mode, m) for m in language.values())
+    assert _weight_is_quantized_as(mode, model.lm_head) == (mode != "int4")  # int4 CPU packing: 600 % 16 != 0
+    for m in _linears(model, "model.vision_tower").values():
+        assert type(m) is nn.Linear and type(m.weight) is nn.Parameter
+    report = quantized.describe()["quantization"]
+    assert quantized.describe()["quantize"] == mode and report["mode"] == mode
+    assert report["quantized_linears"] == len(language) + (mode != "int4")
+    assert report["skipped_linears"] == ([] if mode != "int4" else ["lm_head"])
+    # fp32 -> 1 byte (int8) or half a byte (int4) per weight, plus scales; the skipped fp32 LM head counts in full
+    lm_head_bytes = model.lm_head.weight.numel() * 4 if mode == "int4" else 0
+    ratio = (report["weight_bytes_after"] - lm_head_bytes) / (report["weight_bytes_before"] - lm_head_bytes)
+    assert (0.25 <= ratio < 0.30) if mode != "int4" else (0.125 <= ratio < 0.16)
+
+
+def test_logits_move_but_stay_close(quantized, reference, mixed_batch):
+    images, prompts = mixed_batch
+    inputs = reference.prepare(images, prompts)
+    with torch.inference_mode():
+        expected = reference.model(**inputs).logits[:, -1]
+        got = quantized.model(**inputs).logits[:, -1]
+    rel = ((got - expected).norm() / expected.norm()).item()
+    assert 0 < rel < (0.05 if quantized.quantize != "int4" else 0.25), rel
+
+
+def test_generates_and_reports_drift(quantized, reference, mixed_batch):
+    images, prompts = mixed_batch
+    ref = reference.generate(images, prompts, max_new_tokens=MAX_NEW)
+    out = quantized.generate(images, prompts, max_new_tokens=MAX_NEW)
+    assert len(out) == len(prompts) and all(o.token_ids for o in out)
+    d = drift([o.token_ids for o in ref], [o.token_ids for o in out])
+    assert d.samples == len(prompts) and 0 <= d.identical <= 1
+    assert 0 <= d.mean_common_prefix <= d.mean_reference_length
+    same = drift([o.token_ids for o in out], [o.token_ids for o in quantized.generate(images, prompts, MAX_NEW)])
+    assert (same.identical, same.mean_common_prefix) == (1.0, same.mean_reference_length)
+
+
+def test_eager_backend_inherits_the_option():
+    b = la.load_backend("eager", device="cpu", dtype="float32", quantize="int8")
+    assert _weight_is_quantized_as("int8", b.model.model.language_model.layers[0].mlp.up_proj)
+
+
+def test_quantize_vision_covers_vision_tower_and_projector():
+    b = la.load_backend("cpu", dtype="float32", quantize="int8", quantize_vision=True)
+    vision = {**_linears(b.model, "model.vision_tower"), **_linears(b.model, "model.multi_modal_projector")}
+    assert vision and all(_weight_is_quantized_as("int8", m) for m in vision.values())
+    assert "model.vision_tower" in b.describe()["quantization"]["parts"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"quantize": "int3"}, r"^unknown quantize mode 'int3'; use None, 'int8', 'int8-dynamic', 'int4'$"),
+    ({"quantize": "int8-dynamic", "dtype": "bfloat16"},
+     r"^quantize='int8-dynamic' on cpu has kernels for float32 only, not bfloat16; pass dtype='float32'$"),
+    ({"quantize_vision": True}, r"^quantize_vision=True needs a quantize mode"),
+])
+def test_unsupported_combination_fails_before_loading(options, message, monkeypatch):
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the combination was checked")
+
+    monkeypatch.setattr("llava_accel.backends.base.load_model", no_load)
+    with pytest.raises(la.BackendUnavailableError, match=message) as err:
+        la.load_backend("cpu", **options)
+    assert "\n" not in str(err.value)
+
+
+def test_no_kernel_on_device_and_missing_library_are_one_line(monkeypatch):
+    assert q.unsupported_reason("int8-dynamic", "cuda", torch.float16) == \
+        "quantize='int8-dynamic' has no kernel on cuda (available on: cpu); use 'int8' or 'int4'"
+    assert "bfloat16 only, not float16" in q.unsupported_reason("int4", "cuda", torch.float16)
+    monkeypatch.setattr(q.importlib.util, "find_spec", lambda name: None)
+    assert q.unsupported_reason("int8", "cpu", torch.float32) == \
+        "quantize='int8' on cpu needs the 'torchao' package (pip install 'llava-accel[quantize]')"
+
+
+def test_preferred_dtype_picks_one_with_a_kernel():
+    assert q.preferred_dtype("int8-dynamic", "cpu", torch.bfloat16) == torch.float32
+    assert q.preferred_dtype("int4", "cuda", torch.float16) == torch.bfloat16
+    assert q.preferred_dtype("int8", "cpu", torch.bfloat16) == torch.bfloat16
+    assert q.preferred_dtype(None, "cpu", torch.bfloat16) == torch.bfloat16
+
+
+def test_tensor_bytes_counts_what_is_stored():
+    assert q.tensor_bytes(torch.zeros(10, 20)) == 800
+    qt = torch.quantize_per_channel(torch.randn(10, 20), torch.ones(10, dtype=torch.float64),
+                                    torch.zeros(10, dtype=torch.long), 0, torch.qint8)
+    assert q.tensor_bytes(qt) == 200 + 10 * 8 + 10 * 8  # int8 values + float64 scales + int64 zero points
+    layer = nn.Linear(256, 64)
+    assert q.linear_bytes(layer) == (256 * 64 + 64) * 4
