@@ -18,6 +18,7 @@ import torch
 
 from .errors import DatasetError
 from .metrics import environment
+from .metrics.drift import compare
 from .metrics.energy import EnergyMeter, idle_power, open_meter
 from .metrics.flops import FlopModel, fvcore_prefill_flops
 from .metrics.latency import TimingStreamer, summarize
@@ -41,7 +42,7 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
             count_flops: bool = True, *, fixed_new_tokens: bool = False, img_size: int | None = None,
             flop_counter: str = "torch", idle_seconds: float = 1.0, min_timed_batches: int = MIN_TIMED_BATCHES,
             max_cv: float = MAX_CV, progress: bool | None = None,
-            checkpoint: str | os.PathLike | None = None) -> MeasureResult:
+            checkpoint: str | os.PathLike | None = None, reference: MeasureResult | None = None) -> MeasureResult:
     """Measure ``backend`` on ``dataset`` (a task name or an iterable of ``Sample``).
 
     Every sample is generated once in timed batches of ``batch_size``, after ``warmup`` untimed batches (taken from
@@ -49,6 +50,8 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
     forces exactly ``max_new_tokens`` per answer (``min_new_tokens=max_new_tokens``) so that backends do equal work.
     ``checkpoint``: a JSON path rewritten every 30 s and on failure, so a long run never loses what it measured;
     Ctrl-C stops the run and returns (and writes) the result so far, marked not valid.
+    ``reference``: a result on the same samples (e.g. the same backend unquantised): the result then carries its
+    drift from it (``result.drift``: identical answers, common prefix, change in WER and native metric).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -74,6 +77,7 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
         run.idle_w = idle_power(run.meter, idle_seconds) if run.meter.measured and idle_seconds > 0 else None
         for i in range(warmup):
             run.generate(run.batches[i % len(run.batches)], streamer=None)
+        getattr(backend, "reset_stats", lambda: None)()  # backend-reported counters cover the timed batches only
         last_checkpoint = time.monotonic()
         for batch in run.batches:
             run.time_batch(batch)
@@ -96,6 +100,8 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
         run.count_flops(flop_counter)
     result = run.result(min_timed_batches, max_cv)
     result.config["duration_s"] = (datetime.now(timezone.utc) - started).total_seconds()
+    if reference is not None:
+        result.drift = compare(reference, result)
     if checkpoint:
         result.to_json(checkpoint)
     return result
@@ -176,7 +182,7 @@ class _Run:
             size=len(batch), latency_s=t1 - t0, ttft_s=None if first is None else first - t0,
             decode_s=None if first is None or end is None else end - first, steps=steps, new_tokens=sum(lengths),
             energy_j=e1 - e0))
-        self.predictions += [Prediction(s.id, s.prompt, _answer(s, o.text), list(s.references), n)
+        self.predictions += [Prediction(s.id, s.prompt, _answer(s, o.text), list(s.references), n, list(o.token_ids))
                              for s, o, n in zip(batch, outputs, lengths)]
 
     def count_flops(self, counter: str) -> None:
@@ -235,7 +241,8 @@ class _Run:
             wer=score.wer, native=native, predictions=list(self.predictions), latency=latency,
             energy=self._energy(latency), flops=self.flops, memory=self.memory.result(),
             validity=self._validity(min_timed_batches, max_cv), config=dict(self.config),
-            environment=environment.collect(self.backend.device), batches=list(self.records), notes=notes)
+            environment=environment.collect(self.backend.device), batches=list(self.records), notes=notes,
+            backend_stats=dict(getattr(self.backend, "stats", dict)()))
 
     def _full(self) -> list[BatchRecord]:
         return [r for r in self.records if r.size == self.batch_size]

@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .metrics.drift import Drift
 from .metrics.latency import Stats
 from .metrics.memory import MemoryResult
 
@@ -25,6 +26,7 @@ class Prediction:
     prediction: str
     references: list[str]
     new_tokens: int  # generated tokens, EOS and padding excluded
+    token_ids: list[int] = field(default_factory=list)  # those tokens (drift compares them)
 
 
 @dataclass
@@ -102,6 +104,8 @@ class MeasureResult:
     environment: dict[str, Any]
     batches: list[BatchRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    drift: Drift | None = None  # from measure(..., reference=...): see llava_accel/metrics/drift.py
+    backend_stats: dict[str, Any] = field(default_factory=dict)  # Backend.stats() over the timed batches
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,6 +190,7 @@ def format_table(m: MeasureResult) -> str:
         ("WER", "n/a (no references)" if m.wer is None else f"{m.wer:.2f} %"),
     ]
     rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in m.native.items()]
+    rows += m.drift.rows() if m.drift else []
     rows += [
         ("latency / batch", _stats(lat.per_batch)),
         ("latency / sample", _s(lat.per_sample_s)),
@@ -215,6 +220,7 @@ def format_table(m: MeasureResult) -> str:
         ]
         if fl.cross_check:
             rows.append(("FLOP cross-check", json.dumps(fl.cross_check)))
+    rows += [(f"backend: {k}", f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in m.backend_stats.items()]
     rows += [
         ("peak device memory", _bytes(mem.device_peak_bytes)),
         ("peak RSS", f"{_bytes(mem.rss_peak_bytes)} ({mem.rss_scope})"),

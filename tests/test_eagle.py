@@ -131,3 +131,15 @@ def test_bad_tree_options_are_errors():
         la.load_backend("eagle", device="cpu", tree="bush")
     with pytest.raises(ValueError, match="total_tokens"):
         la.load_backend("eagle", device="cpu", depth=2, top_k=2, total_tokens=50)
+
+
+def test_measure_records_backend_stats_of_timed_batches_only(eagle):
+    from llava_accel.measure import measure
+
+    result = measure(eagle, "synthetic-coco", batch_size=2, limit=4, max_new_tokens=8, warmup=1, count_flops=False,
+                     idle_seconds=0)
+    stats = result.backend_stats
+    assert stats["sequences"] == 4 and stats["prefill_forwards"] == 2  # the warm-up batch is not counted
+    assert stats["mean_acceptance_length"] >= 1 and stats["target_forwards"] > 2
+    assert "backend: mean_acceptance_length" in str(result)
+    assert type(result).from_dict(result.to_dict()).backend_stats == stats

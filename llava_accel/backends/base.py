@@ -102,6 +102,14 @@ class Backend(ABC):
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
                 "attention": self.attention, "threads": torch.get_num_threads()}
 
+    def stats(self) -> dict[str, Any]:
+        """What the backend counts about its own work since ``reset_stats()`` (e.g. speculative decoding's mean
+        acceptance length); {} when it counts nothing. ``measure()`` records it without interpreting it."""
+        return {}
+
+    def reset_stats(self) -> None:
+        """Start the counters behind ``stats()`` afresh (``measure()`` calls it after the warm-up batches)."""
+
     # -- generation ----------------------------------------------------------------------------------------------
     def encode(self, images: Sequence[ImageInput], prompts: Sequence[str], max_input_len: int | None = None,
                img_size: int | None = None, fields: Sequence[Mapping[str, Any] | None] | None = None) -> EncodedBatch:
