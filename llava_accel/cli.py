@@ -33,8 +33,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _backend_options(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("attention", args.attention))
-            if v is not None}
+    options = {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("attention", args.attention),
+                                 ("quantize", args.quantize)) if v is not None}
+    return {**options, "quantize_vision": True} if args.quantize_vision else options
 
 
 def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = "cpu") -> None:
@@ -43,6 +44,9 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
     p.add_argument("--device", default=None, help="override the backend's device (cuda, cpu)")
     p.add_argument("--dtype", default=None, help="override the backend's dtype (float16, bfloat16, float32)")
     p.add_argument("--attention", default=None, help="attention implementation (eager, sdpa, flash_attention_2)")
+    p.add_argument("--quantize", default=None, help="quantised weights: int8, int8-dynamic (CPU), int4 (see "
+                                                    "docs/backends.md)")
+    p.add_argument("--quantize-vision", action="store_true", help="quantise the vision tower and projector too")
 
 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
@@ -109,18 +113,26 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
+    import functools
+
     from .measure import measure
+    from .result import MeasureResult
     from .registry import load_backend
     from .tasks import load_task
     from .tasks.folder import load_folder
 
     # bad data fails before the model loads
     samples = load_folder(args.data, args.limit) if args.data else load_task(args.task, limit=args.limit, seed=args.seed)
-    backend = load_backend(args.backend, model=args.model, **_backend_options(args))
-    result = measure(backend, samples, batch_size=args.batch_size, max_input_len=args.max_input_len,
-                     max_new_tokens=args.max_new_tokens, limit=args.limit, warmup=args.warmup, seed=args.seed,
-                     count_flops=not args.no_flops, fixed_new_tokens=args.fixed_new_tokens,
-                     flop_counter=args.flop_counter, checkpoint=args.json)
+    options = _backend_options(args)
+    run = functools.partial(measure, dataset=samples, batch_size=args.batch_size, max_input_len=args.max_input_len,
+                            max_new_tokens=args.max_new_tokens, limit=args.limit, warmup=args.warmup, seed=args.seed,
+                            fixed_new_tokens=args.fixed_new_tokens, flop_counter=args.flop_counter)
+    reference = MeasureResult.from_json(args.reference) if args.reference else None
+    if reference is None and options.get("quantize"):  # a quantised result always carries its drift
+        unquantized = {k: v for k, v in options.items() if k not in ("quantize", "quantize_vision")}
+        reference = run(load_backend(args.backend, model=args.model, **unquantized), count_flops=False)
+    backend = load_backend(args.backend, model=args.model, **options)
+    result = run(backend, count_flops=not args.no_flops, checkpoint=args.json, reference=reference)
     print(result)
     if args.json:
         print(f"wrote {args.json}", file=sys.stderr)
@@ -144,6 +156,8 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flop-counter", choices=("torch", "fvcore"), default="torch",
                    help="'fvcore' adds an fvcore cross-check of the prefill count")
     p.add_argument("--json", default=None, help="write the whole result here (also rewritten during the run)")
+    p.add_argument("--reference", default=None, help="a result JSON on the same samples: report the drift from it "
+                                                     "(without it, --quantize first measures the backend unquantised)")
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
@@ -168,6 +182,21 @@ def _add_flops_args(p: argparse.ArgumentParser) -> None:
                    help="LM head on every prompt position (a plain forward; default) or the last one (as generate)")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .study.report import write_report
+
+    path = write_report(args.results, args.out, latency_budget=args.latency_budget, energy_budget=args.energy_budget)
+    print(f"report: {path}")
+    return 0
+
+
+def _add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="+", help="results.jsonl files (or sweep folders) and profile JSON files")
+    p.add_argument("--out", required=True, help="folder for report.md and plots/")
+    p.add_argument("--latency-budget", type=float, default=None, help="seconds per sample: recommend a configuration")
+    p.add_argument("--energy-budget", type=float, default=None, help="joules per sample: recommend a configuration")
+
+
 # name -> (function, help, adds the command's arguments). A new subcommand is one function and one row here.
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]] = {
     "backends": (cmd_backends, "list the backends and whether each can run here", lambda p: None),
@@ -175,6 +204,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
     "measure": (cmd_measure, "quality, latency, energy, FLOPs and memory of a backend on a task", _add_measure_args),
     "flops": (cmd_flops, "FLOPs of an architecture for one prompt shape, without weights (JSON)", _add_flops_args),
     "profile": (cmd_profile, "time and FLOPs of every layer, prefill and decode, per batch size", _add_profile_args),
+    "report": (cmd_report, "Markdown report with tables and PNG plots from sweep results", _add_report_args),
     "sweep": (cmd_sweep, "measure every point of a sweep spec, resumably, into DIR/results.jsonl", _add_sweep_args),
 }
 

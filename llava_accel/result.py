@@ -182,10 +182,13 @@ def format_table(m: MeasureResult) -> str:
     b = c.get("backend", {})
     rows: list[tuple[str, str]] = [
         ("backend", f"{b.get('backend')}  {b.get('device')} {b.get('dtype')} attention={b.get('attention')} "
-                    f"threads={b.get('threads')}"),
+                    f"threads={b.get('threads')}" + (f" quantize={b['quantize']}" if b.get("quantize") else "")),
         ("model", f"{b.get('model')}  (weights: {b.get('weights')})"),
         ("data", f"{c.get('dataset')}: {c.get('samples')} samples, batch {c.get('batch_size')}, "
                  f"max_new_tokens {c.get('max_new_tokens')}{' (fixed)' if c.get('fixed_new_tokens') else ''}"),
+        ("inputs", f"max_input_len {c.get('max_input_len')} ({c.get('truncated_samples', 0)} prompts cut), "
+                   f"{c.get('image_tokens')} image tokens per image (img_size {c.get('img_size') or 'native'}), "
+                   f"{len(c.get('skipped_samples', []))} samples skipped"),
         ("", ""),
         ("WER", "n/a (no references)" if m.wer is None else f"{m.wer:.2f} %"),
     ]

@@ -1,4 +1,6 @@
-"""Drift between two runs on the same samples, checked on hand-made cases."""
+"""Drift between two runs on the same samples: hand-made cases, then through measure() and the CLI."""
+
+import dataclasses
 
 import pytest
 
@@ -47,3 +49,63 @@ def test_different_sample_counts_are_refused():
 
 def test_native_change_only_numbers_in_both():
     assert native_change({"a": 1, "b": 2.0, "c": "x"}, {"a": 3, "b": 1.5, "c": "y", "d": 4}) == {"a": 2, "b": -0.5}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """The cpu backend measured on four samples, unquantised twice and int8 once."""
+    import llava_accel as la
+    from llava_accel.measure import measure
+
+    kwargs = dict(dataset="synthetic-coco", limit=4, max_new_tokens=6, warmup=1, count_flops=False, idle_seconds=0)
+    base = la.load_backend("cpu", dtype="float32")
+    ref = measure(base, **kwargs)
+    again = measure(base, reference=ref, **kwargs)
+    int8 = measure(la.load_backend("cpu", dtype="float32", quantize="int8"), reference=ref, **kwargs)
+    return ref, again, int8
+
+
+def test_measure_reports_drift_and_zero_against_itself(runs):
+    ref, again, int8 = runs
+    assert ref.drift is None
+    d = again.drift
+    assert (d.samples, d.identical, d.unit, d.wer_change) == (4, 1.0, "token", 0.0)
+    assert d.mean_common_prefix == d.mean_reference_length > 0
+    assert all(v == 0 for v in d.native_change.values())
+    q = int8.drift
+    assert q.reference["quantize"] is None and int8.config["backend"]["quantize"] == "int8"
+    expected = drift([p.token_ids for p in ref.predictions], [p.token_ids for p in int8.predictions])
+    assert (q.identical, q.mean_common_prefix) == (expected.identical, expected.mean_common_prefix)
+    assert q.wer_change == pytest.approx(int8.wer - ref.wer)
+    table = str(int8)
+    assert "quantize=int8" in table and "identical answers" in table and "WER change" in table
+
+
+def test_drift_survives_json_and_falls_back_to_words(runs, tmp_path):
+    from llava_accel.metrics.drift import compare
+    from llava_accel.result import MeasureResult
+
+    ref, _, int8 = runs
+    back = MeasureResult.from_json(int8.to_json(tmp_path / "r.json") and tmp_path / "r.json")
+    assert back.drift == int8.drift
+    for p in back.predictions:  # a result saved before token ids were recorded
+        p.token_ids = []
+    assert compare(ref, back).unit == "word"
+
+
+def test_drift_refuses_other_samples(runs):
+    import llava_accel as la
+    from llava_accel.metrics.drift import compare
+
+    ref, _, int8 = runs
+    with pytest.raises(la.LlavaAccelError, match="same samples"):
+        compare(ref, dataclasses.replace(int8, predictions=int8.predictions[:2]))
+
+
+def test_cli_measure_with_quantize_measures_the_unquantised_reference(capsys):
+    from llava_accel.cli import main
+
+    assert main(["measure", "--task", "synthetic-coco", "--limit", "2", "--max-new-tokens", "4", "--no-flops",
+                 "--warmup", "1", "--dtype", "float32", "--quantize", "int4"]) == 0
+    out = capsys.readouterr().out
+    assert "quantize=int4" in out and "drift vs reference" in out and "quantize=None" in out

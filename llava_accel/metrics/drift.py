@@ -9,7 +9,13 @@ Comparing a run with itself gives zero drift by construction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from ..errors import LlavaAccelError
+from .wer import normalize
+
+if TYPE_CHECKING:
+    from ..result import MeasureResult
 
 
 @dataclass
@@ -24,6 +30,16 @@ class Drift:
     wer_change: float | None = None  # percentage points; None when either run has no WER
     native_change: dict[str, float] = field(default_factory=dict)  # per native metric that both runs report
     reference: dict[str, Any] = field(default_factory=dict)  # what the reference run was (its backend settings)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """Lines of the measurement table."""
+        ref = ", ".join(f"{k}={v}" for k, v in self.reference.items())
+        wer = "n/a" if self.wer_change is None else f"{self.wer_change:+.2f} points"
+        return [("drift vs reference", ref),
+                ("  identical answers", f"{100 * self.identical:.1f} % of {self.samples}"),
+                ("  common prefix", f"{self.mean_common_prefix:.2f} of {self.mean_reference_length:.2f} {self.unit}s "
+                                    "(mean)"),
+                ("  WER change", wer)] + [(f"  {k} change", f"{v:+.4g}") for k, v in self.native_change.items()]
 
 
 def common_prefix(a: Sequence, b: Sequence) -> int:
@@ -61,3 +77,27 @@ def native_change(reference: Mapping[str, Any], candidate: Mapping[str, Any]) ->
 
     return {k: candidate[k] - reference[k] for k in reference if k in candidate
             and numeric(reference[k]) and numeric(candidate[k])}
+
+
+REFERENCE_KEYS = ("backend", "device", "dtype", "quantize", "quantize_vision")
+
+
+def compare(reference: "MeasureResult", candidate: "MeasureResult") -> Drift:
+    """Drift of one ``measure()`` result from another on the same samples (matched by sample id). Generated token
+    ids are compared when both results carry them, else the normalised answer words (results saved before ids
+    were recorded)."""
+    ref = {p.id: p for p in reference.predictions}
+    if set(ref) != {p.id for p in candidate.predictions} or len(ref) != len(candidate.predictions):
+        raise LlavaAccelError(f"drift needs two runs on the same samples, but the reference has {len(ref)} answers "
+                              f"and this run {len(candidate.predictions)}, with other sample ids; measure the "
+                              "reference with the same task, limit and seed")
+    pairs = [(ref[p.id], p) for p in candidate.predictions]
+    ids = all(r.token_ids or not r.new_tokens for r, _ in pairs) and all(c.token_ids or not c.new_tokens
+                                                                          for _, c in pairs)
+    seqs = [(r.token_ids, c.token_ids) if ids else (normalize(r.prediction).split(), normalize(c.prediction).split())
+            for r, c in pairs]
+    backend = reference.config.get("backend", {})
+    result = drift([r for r, _ in seqs], [c for _, c in seqs], "token" if ids else "word", reference.wer,
+                   candidate.wer, reference.native, candidate.native)
+    result.reference = {k: backend[k] for k in REFERENCE_KEYS if k in backend}
+    return result
