@@ -122,11 +122,15 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from .tasks.folder import load_folder
 
     # bad data fails before the model loads
-    samples = load_folder(args.data, args.limit) if args.data else load_task(args.task, limit=args.limit, seed=args.seed)
+    if args.data:
+        samples = load_folder(args.data, args.limit)
+    else:
+        samples = load_task(args.task, split=args.split, limit=args.limit, source=args.source, seed=args.seed)
     options = _backend_options(args)
     run = functools.partial(measure, dataset=samples, batch_size=args.batch_size, max_input_len=args.max_input_len,
                             max_new_tokens=args.max_new_tokens, limit=args.limit, warmup=args.warmup, seed=args.seed,
-                            fixed_new_tokens=args.fixed_new_tokens, flop_counter=args.flop_counter)
+                            fixed_new_tokens=args.fixed_new_tokens, img_size=args.img_size,
+                            flop_counter=args.flop_counter)
     reference = MeasureResult.from_json(args.reference) if args.reference else None
     if reference is None and options.get("quantize"):  # a quantised result always carries its drift
         unquantized = {k: v for k, v in options.items() if k not in ("quantize", "quantize_vision")}
@@ -147,7 +151,12 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--max-input-len", type=int, default=200, help="prompt budget in tokens (recorded)")
+    p.add_argument("--source", default=None, help="where a named task's data is: hub id, save_to_disk folder or folder "
+                                                  "with samples.jsonl (default: the task's hub id; docs/tasks.md)")
+    p.add_argument("--split", default=None, help="dataset split (default: the one lmms-eval evaluates)")
+    p.add_argument("--max-input-len", type=int, default=200,
+                   help="max text tokens per prompt; longer prompts lose context, then question tail (docs/tasks.md)")
+    p.add_argument("--img-size", type=int, default=None, help="image side in pixels (default: the model's own)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: the task's, else 32)")
     p.add_argument("--fixed-new-tokens", action="store_true",
                    help="generate exactly --max-new-tokens per answer (equal work for speed comparisons)")

@@ -19,13 +19,6 @@ def native_image_size(config) -> int:
     return int(config.vision_config.image_size)
 
 
-def image_token_count(config, img_size: int | None = None) -> int:
-    """Image tokens one image becomes at ``img_size`` (None: native): (side // patch)^2, plus CLS if 'full'."""
-    side = img_size or native_image_size(config)
-    patches = (side // config.vision_config.patch_size) ** 2
-    return patches + (1 if getattr(config, "vision_feature_select_strategy", "default") == "full" else 0)
-
-
 def processor_size_kwargs(img_size: int | None) -> dict[str, Any]:
     """Processor arguments that resize (shortest edge) and centre-crop to ``img_size``, as LLaVA-1.5 does at 336."""
     if img_size is None:

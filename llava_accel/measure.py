@@ -62,7 +62,7 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
     loaded = samples if hasattr(samples, "skipped") else dataset  # a SampleSet knows its source and skipped rows
     budget = max_new_tokens or task_max_new_tokens(dataset_name) or DEFAULT_MAX_NEW_TOKENS
     torch.manual_seed(seed)
-    run = _Run(backend, samples, batch_size, budget, budget if fixed_new_tokens else None)
+    run = _Run(backend, samples, batch_size, budget, budget if fixed_new_tokens else None, max_input_len, img_size)
     run.config = {
         "backend": backend.describe(), "dataset": dataset_name, "source": getattr(loaded, "source", None),
         "skipped_samples": [list(s) for s in getattr(loaded, "skipped", [])], "samples": len(samples),
@@ -148,6 +148,8 @@ class _Run:
     batch_size: int
     max_new_tokens: int
     min_new_tokens: int | None
+    max_input_len: int | None = None  # text-token cap on prompts (docs/tasks.md: context cut first, then question)
+    img_size: int | None = None  # image side fed to the vision tower (None: the model's own)
     config: dict[str, Any] = field(default_factory=dict)
     memory: MemoryTracker | None = None
     meter: EnergyMeter | None = None
@@ -157,6 +159,8 @@ class _Run:
     flops: FlopsResult | None = None
     flop_error: str | None = None
     interrupted: bool = False
+    truncated: list[str] = field(default_factory=list)  # ids of the timed samples whose prompt was cut
+    image_tokens: int | None = None  # per image, as run
 
     def __post_init__(self) -> None:
         self.batches = [self.samples[i:i + self.batch_size] for i in range(0, len(self.samples), self.batch_size)]
@@ -165,7 +169,10 @@ class _Run:
     def generate(self, batch: Sequence[Sample], streamer: TimingStreamer | None) -> list:
         return self.backend.generate([s.image for s in batch], [s.prompt for s in batch],
                                      max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens,
-                                     streamer=streamer)
+                                     streamer=streamer, **self.knobs(batch))
+
+    def knobs(self, batch: Sequence[Sample]) -> dict[str, Any]:
+        return {"max_input_len": self.max_input_len, "img_size": self.img_size, "fields": [s.fields for s in batch]}
 
     def time_batch(self, batch: Sequence[Sample]) -> None:
         streamer = TimingStreamer(self.sync)
@@ -184,6 +191,8 @@ class _Run:
             energy_j=e1 - e0))
         self.predictions += [Prediction(s.id, s.prompt, _answer(s, o.text), list(s.references), n, list(o.token_ids))
                              for s, o, n in zip(batch, outputs, lengths)]
+        self.truncated += [s.id for s, o in zip(batch, outputs) if o.truncated]
+        self.image_tokens = outputs[0].image_tokens if outputs else self.image_tokens
 
     def count_flops(self, counter: str) -> None:
         """The untimed FLOP pass: each timed batch's real prompt shape, on a weightless twin of the model."""
@@ -194,7 +203,7 @@ class _Run:
             rows_steps = 0
             first_inputs = None
             for batch, record in zip(self.batches, self.records):
-                inputs = self.backend.prepare([s.image for s in batch], [s.prompt for s in batch])
+                inputs = self.backend.prepare([s.image for s in batch], [s.prompt for s in batch], **self.knobs(batch))
                 first_inputs = first_inputs or inputs
                 size = tuple(inputs["pixel_values"].shape[-2:])
                 if size not in models:
@@ -236,11 +245,15 @@ class _Run:
         if self.config.get("skipped_samples"):
             notes.append(f"{len(self.config['skipped_samples'])} samples skipped (missing or unreadable image): "
                          "see config.skipped_samples")
+        if self.truncated:
+            notes.append(f"{len(self.truncated)} of {len(self.predictions)} prompts cut to max_input_len="
+                         f"{self.max_input_len} text tokens (context first, then the question's tail; docs/tasks.md)")
+        config = {**self.config, "truncated_samples": len(self.truncated), "image_tokens": self.image_tokens}
         latency = self._latency()
         return MeasureResult(
             wer=score.wer, native=native, predictions=list(self.predictions), latency=latency,
             energy=self._energy(latency), flops=self.flops, memory=self.memory.result(),
-            validity=self._validity(min_timed_batches, max_cv), config=dict(self.config),
+            validity=self._validity(min_timed_batches, max_cv), config=config,
             environment=environment.collect(self.backend.device), batches=list(self.records), notes=notes,
             backend_stats=dict(getattr(self.backend, "stats", dict)()))
 

@@ -176,3 +176,16 @@ def test_corrupt_image_in_a_saved_dataset_is_skipped(tmp_path):
 
 def test_load_task_is_exported():
     assert la.load_task is load_task
+
+
+def test_cli_measure_on_a_named_task_source(capsys):
+    from llava_accel.cli import main
+
+    rc = main(["measure", "--task", "textvqa", "--source", str(FIXTURES / "textvqa" / "disk"), "--limit", "2",
+               "--max-new-tokens", "2", "--warmup", "0", "--no-flops", "--img-size", "32", "--max-input-len", "100"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "textvqa: 2 samples" in out
+    assert "max_input_len 100 (0 prompts cut), 16 image tokens per image (img_size 32)" in out
+    assert main(["measure", "--task", "textvqa", "--limit", "2"]) == 2  # offline, no local copy: one line, no model
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("llava-accel: error: dataset 'lmms-lab/textvqa'") and "\n" not in err

@@ -7,7 +7,8 @@ import torch
 
 import llava_accel as la
 from llava_accel.errors import PromptTooLongError
-from llava_accel.image_size import enable_any_image_size, image_token_count
+from llava_accel.image_size import enable_any_image_size
+from llava_accel.metrics.flops import image_tokens
 from llava_accel.preprocessing import encode
 from llava_accel.tasks import load_task
 from llava_accel.tasks.prompts import CHOICE_INSTRUCTION, VQA_INSTRUCTION
@@ -108,7 +109,7 @@ def test_img_size_224_gives_256_image_tokens_on_the_7b_architecture():
     from llava_accel.models.architecture import build_model, load_config
 
     config = load_config("llava-hf/llava-1.5-7b-hf")
-    assert (image_token_count(config), image_token_count(config, 224)) == (576, 256)
+    assert (image_tokens(config), image_tokens(config, 224)) == (576, 256)
     model = build_model(config, device="meta")
     select = dict(vision_feature_layer=config.vision_feature_layer,
                   vision_feature_select_strategy=config.vision_feature_select_strategy)
@@ -123,3 +124,22 @@ def test_img_size_224_gives_256_image_tokens_on_the_7b_architecture():
         features(224)
     enable_any_image_size(model)
     assert features(224) == (256, 4096) and features(336) == (576, 4096)
+
+
+def test_measure_reports_cut_prompts_image_tokens_and_skipped_images(backend, image_id, tmp_path):
+    import shutil
+
+    folder = Path(shutil.copytree(FIXTURES / "scienceqa" / "folder", tmp_path / "sqa"))
+    (folder / "images" / "0.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="skipped 1 of 4"):
+        samples = load_task("scienceqa", source=folder)
+    lengths = [count_text_tokens(backend.processor.tokenizer, s.prompt, image_id) for s in samples]
+    cap = sorted(lengths)[0]  # the shortest fits, the other two are cut
+    m = la.measure(backend, samples, max_input_len=cap, img_size=32, max_new_tokens=2, warmup=0, idle_seconds=0)
+    assert m.config["truncated_samples"] == sum(n > cap for n in lengths) == 2
+    assert m.config["image_tokens"] == 16 and m.config["img_size"] == 32
+    assert len(m.config["skipped_samples"]) == 1 and m.flops is not None  # the FLOP pass ran at 32 px too
+    table = str(m)
+    assert "2 prompts cut" in table and "16 image tokens per image" in table and "1 samples skipped" in table
+    assert la.measure(backend, samples, max_new_tokens=2, warmup=0, idle_seconds=0,
+                      count_flops=False).config["truncated_samples"] == 0
