@@ -23,8 +23,7 @@ from .synthetic import GENERATORS as SYNTHETIC_TASKS, synthetic_samples
 Metric = Callable[[Sequence[Sample], Sequence[str]], dict[str, float]]
 KIND_METRICS: dict[str, Metric] = {"caption": cider_metric, "vqa": vqa_metric, "choice": choice_metric}
 # task name -> metric(samples, predictions) -> {metric name: value}; plugins may register more
-NATIVE_METRICS: dict[str, Metric] = {name: KIND_METRICS[kind]
-                                     for name, kind in {**{n: s.kind for n, s in TASKS.items()}, **SYNTHETIC_KINDS}.items()}
+NATIVE_METRICS: dict[str, Metric] = {name: KIND_METRICS[task_kind(name)] for name in [*TASKS, *SYNTHETIC_KINDS]}
 
 
 def load_task(name: str, split: str | None = None, limit: int | None = None, source: str | os.PathLike | None = None,
