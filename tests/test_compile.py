@@ -52,18 +52,21 @@ def test_tokens_equal_eager_through_compiled_static_cache(compiled, eager, mixed
     [event] = compiled.events
     assert event.batch == 4 and event.graphs >= 1 and event.first_call_s > 0
     assert d["first_call_s"] == round(event.first_call_s, 3) and d["recompiles"] == 0
+    assert compiled.stats() == {"compilations": 1, "compile_s": event.first_call_s}
 
 
 def test_same_bucket_reuses_the_graph(compiled, eager, mixed_batch):
     images, prompts = mixed_batch
     compiled.generate(images, prompts, max_new_tokens=MAX_NEW)  # the bucket-4 graph exists after this
     before = list(compiled.events)
+    compiled.reset_stats()
     streamer = Recorder()
     got = compiled.generate(images[1:], prompts[1:], max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW,
                             streamer=streamer)  # 3 rows, padded to the bucket of 4
     want = eager.generate(images[1:], prompts[1:], max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW)
     assert [o.token_ids for o in got] == [o.token_ids for o in want]
     assert compiled.events == before and compiled.describe()["recompiles"] == 0
+    assert compiled.stats() == {"compilations": 0, "compile_s": 0}
     assert compiled.static_cache_calls[-1]["batch_size"] == 4
     assert streamer.shapes[0][0] == 3 and streamer.shapes[1:-1] == [(3,)] * MAX_NEW  # prompt, then each token
     assert streamer.shapes[-1] == "end"

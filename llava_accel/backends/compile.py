@@ -94,12 +94,13 @@ class CompileBackend(EagerBackend):
     def __init__(self, model: str | LoadedModel | None = None, device: str | None = None, dtype: str | None = None,
                  attention: str | None = None, mode: str | None = None, fullgraph: bool = False,
                  parts: str = "decode", batch_buckets: Sequence[int] | None = BATCH_BUCKETS,
-                 cache_bucket: int = 128) -> None:
+                 cache_bucket: int = 128, **eager_options: Any) -> None:
+        """``eager_options`` (e.g. ``quantize``) go to ``EagerBackend``."""
         if mode is not None and mode not in MODES:
             raise LlavaAccelError(f"unknown compile mode '{mode}'; use one of {', '.join(MODES)}")
         if parts not in PARTS:
             raise LlavaAccelError(f"unknown compile parts '{parts}'; use one of {', '.join(PARTS)}")
-        super().__init__(model, device, dtype, attention)
+        super().__init__(model, device, dtype, attention, **eager_options)
         from transformers import CompileConfig
 
         # CUDA graphs remove the per-kernel launch cost that dominates a decode step; they do not exist on CPU
@@ -110,11 +111,12 @@ class CompileBackend(EagerBackend):
         self.compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
         for attr in ("_compiled_call", "_last_compile_config"):  # a model shared with an earlier backend
             self.model.__dict__.pop(attr, None)
-        if "vision" in parts:
-            self.model.model.vision_tower.compile(mode=self.mode, fullgraph=fullgraph)
+        if "vision" in parts:  # never fullgraph: transformers' hidden-state capture takes a lock dynamo cannot trace
+            self.model.model.vision_tower.compile(mode=self.mode)
         self.events: list[CompileEvent] = []
         self.decode_compiled: bool | None = None  # known after the first call
         self._cache_len = 0
+        self._events_at_reset = 0
 
     @classmethod
     def unavailable_reason(cls, device: str | None = None, dtype: str | None = None,
@@ -152,6 +154,14 @@ class CompileBackend(EagerBackend):
         if not self.decode_compiled:
             raise LlavaAccelError("transformers did not compile the decode step here (static cache not usable with "
                                   "this model placement); use the 'eager' backend or keep the model on one device")
+
+    def stats(self) -> dict[str, Any]:
+        """Compilations since ``reset_stats()``: any inside timed batches means a shape missed its bucket."""
+        new = self.events[self._events_at_reset:]
+        return {"compilations": len(new), "compile_s": sum(e.first_call_s for e in new)}
+
+    def reset_stats(self) -> None:
+        self._events_at_reset = len(self.events)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "compile_mode": self.mode, "fullgraph": self.fullgraph,

@@ -7,6 +7,7 @@ checked before loading, without importing flash_attn, so ``list_backends()`` sta
 from __future__ import annotations
 
 from importlib.util import find_spec
+from typing import Any
 
 import torch
 
@@ -23,11 +24,12 @@ class FlashBackend(EagerBackend):
     default_attention = FLASH
 
     def __init__(self, model: str | LoadedModel | None = None, device: str | None = None, dtype: str | None = None,
-                 attention: str | None = None) -> None:
+                 attention: str | None = None, **eager_options: Any) -> None:
+        """``eager_options`` (e.g. ``quantize``) go to ``EagerBackend``."""
         if attention not in (None, FLASH):
             raise LlavaAccelError(f"the 'flash' backend always uses attention '{FLASH}', not '{attention}'; "
                                   f"compare attentions with the 'eager' backend and attention='{attention}'")
-        super().__init__(model, device, dtype, FLASH)
+        super().__init__(model, device, dtype, FLASH, **eager_options)
         if self.attention != FLASH:  # e.g. transformers swapped in a kernel from the hub
             raise LlavaAccelError(f"transformers loaded attention '{self.attention}' instead of '{FLASH}'")
 

@@ -1,0 +1,294 @@
+"""The GPU check: every available backend on the real LLaVA-1.5-7B architecture, random fp16 weights, no network.
+
+    python benchmarks/gpu_check.py [--out gpu_check.json] [--backends eager,flash,compile] [--batches 1,4,8,16]
+
+For each backend and batch size: prompts of 780 tokens (576 image + 204 text), exactly 8 new tokens, timed by
+``llava_accel.measure`` (latency mean/p50/p90, TTFT, time per output token, energy and its source, FLOPs, MFU, peak
+memory), token agreement with ``eager`` on the same samples, and the physical floor beside each latency. The JSON is
+rewritten after every point, so an interrupted run keeps what it measured. Numbers on random weights are valid for
+latency, energy and FLOPs at a fixed output length, not for quality. Sized to finish in under 8 minutes on one
+H100/H200-class GPU; a point that would not fit the time budget is skipped and listed.
+
+The model is built once in memory from the shipped config and shared by the backends (no 13.5 GB checkpoint on
+disk). Its processor is CLIP at 336 px with a word-level tokenizer covering the model's 32064 ids, one token per
+whitespace-separated word, so a prompt's token count is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+MODEL_ID = "llava-hf/llava-1.5-7b-hf"
+TEXT_TOKENS = 204  # + 576 image tokens = the reference study's 780-token prompt
+NEW_TOKENS = 8
+BATCHES = (1, 4, 8, 16)
+BACKENDS = ("eager", "flash", "compile")  # eager first: it is the reference for token agreement
+TIMED_BATCHES = 5  # measure() calls a result valid from 5 timed batches on
+WARMUP = 2  # the first warm-up call of `compile` pays its compilation
+BUDGET_S = 450.0
+
+
+def word_processor(config: Any) -> Any:
+    """CLIP preprocessing at the model's image size and a word-level tokenizer with exactly the model's vocabulary."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from llava_accel.models.tiny import TinySpec, build_processor
+
+    text = config.text_config
+    pad = text.pad_token_id if text.pad_token_id is not None else config.image_token_index + 1
+    specials = {0: "<unk>", text.bos_token_id: "<s>", text.eos_token_id: "</s>", config.image_token_index: "<image>",
+                pad: "<pad>"}
+    names = [specials.get(i, f"w{i}") for i in range(text.vocab_size)]
+    tok = Tokenizer(models.WordLevel({n: i for i, n in enumerate(names)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(n, special=True) for n in specials.values()])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", text.bos_token_id)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<pad>", padding_side="left")
+    vision = config.vision_config
+    return build_processor(tokenizer, TinySpec(image_size=vision.image_size, patch_size=vision.patch_size))
+
+
+def random_llava(config: Any, device: str, dtype: torch.dtype, name: str = MODEL_ID, seed: int = 0):
+    """A ``LoadedModel`` with random weights, built in memory, for any backend to share."""
+    from llava_accel.models.architecture import build_model
+    from llava_accel.models.loading import LoadedModel
+
+    model = build_model(config, device=device, dtype=dtype, seed=seed)
+    return LoadedModel(model, word_processor(config), name, path="", weights="random")
+
+
+def random_samples(processor: Any, n: int, text_tokens: int = TEXT_TOKENS, seed: int = 0) -> list:
+    """``n`` samples: noise images at the processor's size, prompts of exactly ``text_tokens`` templated text tokens."""
+    import numpy as np
+    from PIL import Image
+
+    from llava_accel import Sample
+    from llava_accel.truncation import count_text_tokens
+
+    template_tokens = count_text_tokens(processor.tokenizer, "", processor.tokenizer.convert_tokens_to_ids("<image>"))
+    side = processor.image_processor.crop_size["height"]
+    rng = np.random.default_rng(seed)
+    vocab = len(processor.tokenizer)
+    samples = []
+    for i in range(n):
+        words = rng.integers(3, vocab - 64, text_tokens - template_tokens)  # below the special ids at the top
+        image = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+        samples.append(Sample(image=image, prompt=" ".join(f"w{w}" for w in words), id=f"random-{i}"))
+    return samples
+
+
+# -- physical floors --------------------------------------------------------------------------------------------
+def memory_bandwidth(device: torch.device, nbytes: int = 1 << 29, repeats: int = 5) -> float:
+    """Best device copy bandwidth (bytes read + written per second): what a bandwidth-bound kernel can reach."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        sync()
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best
+
+
+@dataclass
+class Floor:
+    """Lower bounds on one batch's latency: no kernel can beat the peak FLOP/s or the memory bandwidth."""
+
+    prefill_s: float  # max(prefill FLOPs / peak, all weight bytes / bandwidth)
+    decode_step_s: float  # mean over steps of max(step FLOPs / peak, (LM weights + KV cache) bytes / bandwidth)
+    latency_s: float  # prefill + (new tokens - 1) decode steps
+    decode_bound: str  # "memory" or "compute"
+
+
+def decode_weight_bytes(model: Any) -> int:
+    """Bytes a decode step must read: the language model and LM head (only a row of the embeddings is read)."""
+    lm = model.model.language_model
+    skip = {id(p) for p in lm.get_input_embeddings().parameters()}
+    params = [p for p in lm.parameters() if id(p) not in skip] + list(model.lm_head.parameters())
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    text = config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = text.num_key_value_heads or text.num_attention_heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+def floor(model: Any, batch: int, prompt_len: int, new_tokens: int, prefill_flops: float, step_flops: float,
+          peak_flops: float | None, bandwidth: float) -> Floor:
+    """``prefill_flops`` and ``step_flops`` are for the whole batch; without a known peak, bandwidth alone bounds."""
+    all_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    compute = (lambda f: f / peak_flops) if peak_flops else (lambda f: 0.0)
+    prefill = max(compute(prefill_flops), all_bytes / bandwidth)
+    kv = kv_bytes_per_token(model.config, model.dtype)
+    mean_cache = prompt_len + new_tokens / 2  # step k (1..new-1) reads prompt + k tokens of KV cache
+    memory_step = (decode_weight_bytes(model) + batch * kv * mean_cache) / bandwidth
+    step = max(compute(step_flops), memory_step)
+    return Floor(prefill, step, prefill + (new_tokens - 1) * step, "memory" if step == memory_step else "compute")
+
+
+# -- the sweep ----------------------------------------------------------------------------------------------------
+def point(backend: Any, samples: Sequence, batch: int, reference: Any, bandwidth: float,
+          new_tokens: int = NEW_TOKENS) -> tuple[dict[str, Any], Any]:
+    """One (backend, batch) measurement with its floor and its token drift from ``reference`` (a result or None).
+    Returns the report row and the ``MeasureResult``."""
+    from llava_accel.measure import measure
+
+    m = measure(backend, samples, batch_size=batch, max_input_len=None, max_new_tokens=new_tokens,
+                fixed_new_tokens=True, warmup=WARMUP, progress=False, reference=reference)
+    row: dict[str, Any] = {"backend": backend.name, "batch": batch, "describe": backend.describe(),
+                           "latency_s": _stats(m.latency.per_batch), "ttft_s": _stats(m.latency.ttft),
+                           "tpot_s": _stats(m.latency.tpot), "per_sample_s": m.latency.per_sample_s,
+                           "energy": {"joules_per_sample": m.energy.joules_per_sample, "source": m.energy.source,
+                                      "label": m.energy.label, "idle_power_w": m.energy.idle_power_w},
+                           "memory": asdict(m.memory), "validity": asdict(m.validity),
+                           "backend_stats": m.backend_stats}
+    if m.flops is not None:
+        f = m.flops
+        row["flops"] = {"prefill_per_sample": f.prefill_per_sample, "per_generated_token": f.per_generated_token,
+                        "achieved_flops_per_s": f.achieved_flops_per_s, "mfu": f.mfu, "peak_source": f.peak_source}
+        prompt_len = m.batches[0].prompt_len
+        row["floor"] = asdict(floor(backend.model, batch, prompt_len, new_tokens, batch * f.prefill_per_sample,
+                                    batch * (f.per_generated_token or 0.0), f.peak_flops_per_s, bandwidth))
+        row["floor"]["prompt_len"] = prompt_len
+        if row["latency_s"]:
+            row["latency_over_floor"] = row["latency_s"]["mean"] / row["floor"]["latency_s"]
+    if m.drift is not None:
+        d = m.drift
+        row["agreement_with_eager"] = {"identical_answers": d.identical, "mean_common_prefix": d.mean_common_prefix,
+                                       "mean_length": d.mean_reference_length, "unit": d.unit}
+    return row, m
+
+
+def _stats(s: Any) -> dict[str, float] | None:
+    return None if s is None else {"mean": s.mean, "p50": s.p50, "p90": s.p90, "n": s.n}
+
+
+def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int], out: Path, budget_s: float,
+        timed_batches: int = TIMED_BATCHES, new_tokens: int = NEW_TOKENS,
+        text_tokens: int = TEXT_TOKENS) -> dict[str, Any]:
+    """Every available backend at every batch size; the report is rewritten to ``out`` after each point.
+
+    ``backends``: (name, options) pairs, options passed to ``load_backend`` (device and dtype must match the model).
+    A point is not started when the time already spent plus the projected cost of that point passes ``budget_s``.
+    """
+    from llava_accel.metrics import environment
+    from llava_accel.registry import backend_class, load_backend
+
+    start = time.monotonic()
+    device = str(loaded.model.device)
+    report: dict[str, Any] = {"model": loaded.model_id, "weights": loaded.weights, "new_tokens": new_tokens,
+                              "text_tokens": text_tokens, "environment": environment.collect(device),
+                              "bandwidth_bytes_per_s": memory_bandwidth(torch.device(device)),
+                              "note": "random weights: valid for latency, energy and FLOPs at a fixed output "
+                                      "length, not for quality", "points": [], "skipped": []}
+    print(versions_line(report["environment"]), flush=True)
+    print(HEADER, flush=True)
+    samples = random_samples(loaded.processor, max(batches) * timed_batches, text_tokens)
+    references: dict[int, Any] = {}  # eager's result per batch size
+    for name, options in backends:
+        reason = backend_class(name).unavailable_reason(**{
+            k: v for k, v in options.items() if k in ("device", "dtype", "attention")})
+        if reason:
+            report["skipped"].append({"backend": name, "reason": reason})
+            continue
+        backend = load_backend(name, model=loaded, **options)
+        last = None  # this backend's last point: (seconds, of which compiling, batch)
+        for batch in batches:
+            elapsed = time.monotonic() - start
+            projected = 0.0 if last is None else (last[0] - last[1]) * batch / last[2] + last[1]
+            if elapsed + projected > budget_s:
+                report["skipped"].append({"backend": name, "batch": batch, "reason": f"time budget: {elapsed:.0f} s "
+                                          f"of {budget_s:.0f} s used, this point needs ~{projected:.0f} s"})
+                continue
+            compiled_before = len(backend.describe().get("compile_events", []))
+            row, result = point(backend, samples[:batch * timed_batches], batch, references.get(batch),
+                                report["bandwidth_bytes_per_s"], new_tokens)
+            compiling = sum(e["first_call_s"] for e in row["describe"].get("compile_events", [])[compiled_before:])
+            last = (time.monotonic() - start - elapsed, compiling, batch)
+            if name == "eager":
+                references[batch] = result
+            report["points"].append(row)
+            print(format_row(row), flush=True)
+            out.write_text(json.dumps(report, indent=1, default=str))
+        del backend
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    report["duration_s"] = time.monotonic() - start
+    out.write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+HEADER = (f"{'backend':<8} {'batch':>5} {'latency ms':>10} {'p90 ms':>8} {'floor ms':>8} {'x floor':>7} "
+          f"{'TTFT ms':>8} {'TPOT ms':>8} {'J/sample':>9} {'MFU %':>6} {'peak GiB':>8} {'agree':>6}")
+
+
+def format_row(row: dict[str, Any]) -> str:
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{1000 * x:.1f}"
+
+    def num(x: float | None, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    lat, flr, fl = row.get("latency_s") or {}, row.get("floor") or {}, row.get("flops") or {}
+    agree = row.get("agreement_with_eager", {}).get("identical_answers")
+    peak = row["memory"]["device_peak_bytes"]
+    return (f"{row['backend']:<8} {row['batch']:>5} {ms(lat.get('mean')):>10} {ms(lat.get('p90')):>8} "
+            f"{ms(flr.get('latency_s')):>8} {num(row.get('latency_over_floor'), '.2f'):>7} "
+            f"{ms((row.get('ttft_s') or {}).get('mean')):>8} {ms((row.get('tpot_s') or {}).get('mean')):>8} "
+            f"{num(row['energy']['joules_per_sample'], '.2f'):>9} "
+            f"{num(fl.get('mfu') and 100 * fl['mfu'], '.1f'):>6} {num(peak and peak / 2**30, '.1f'):>8} "
+            f"{num(agree, '.2f'):>6}")
+
+
+def versions_line(env: dict[str, Any]) -> str:
+    v, gpu = env["versions"], env["gpu"]
+    where = f"{gpu['name']}, driver {gpu['driver']}" if gpu else f"{env['cpu']['model']} (no GPU)"
+    return (f"{where}, torch {v.get('torch')}, transformers {v.get('transformers')}, "
+            f"flash-attn {v.get('flash-attn', 'not installed')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="gpu_check.json", help="JSON report, rewritten after every point")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--compile-mode", default=None, help="compile backend mode (default: reduce-overhead)")
+    parser.add_argument("--budget-s", type=float, default=BUDGET_S, help="stop starting new points after this")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():  # before anything slow: this script has nothing to do without a GPU
+        print(f"gpu_check: needs a CUDA GPU; torch {torch.__version__} sees none here (nothing was run)",
+              file=sys.stderr)
+        return 2
+    from llava_accel.models.architecture import load_config
+
+    started = time.monotonic()
+    loaded = random_llava(load_config(MODEL_ID), "cuda", torch.float16)
+    print(f"gpu_check: {MODEL_ID} with random fp16 weights built in {time.monotonic() - started:.0f} s on "
+          f"{torch.cuda.get_device_name()}; random weights: latency, energy, FLOPs only", flush=True)
+    extra = {"compile": {"mode": args.compile_mode}} if args.compile_mode else {}
+    backends = [(b, {"device": "cuda", "dtype": "float16", **extra.get(b, {})}) for b in args.backends.split(",")]
+    report = run(loaded, backends, [int(b) for b in args.batches.split(",")], Path(args.out),
+                 args.budget_s - (time.monotonic() - started))
+    for skipped in report["skipped"]:
+        print(f"skipped: {skipped}")
+    print(f"gpu_check: {time.monotonic() - started:.0f} s in all; report: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

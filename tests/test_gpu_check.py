@@ -1,0 +1,95 @@
+"""benchmarks/gpu_check.py: exits at once without CUDA; its whole pipeline runs on the CPU with a shrunk 7B config,
+without the packages the GPU image lacks (flash-attn, datasets, jiwer, fvcore)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+sys.path.insert(0, str(SCRIPT.parent))
+import gpu_check  # noqa: E402
+
+# blocks the GPU image's missing packages, builds the 7B config shrunk to widths of 64, runs the sweep on the CPU
+PIPELINE = """
+import sys
+for name in ("flash_attn", "datasets", "jiwer", "fvcore"):
+    sys.modules[name] = None  # import fails as on the GPU image
+sys.path.insert(0, {bench!r})
+from pathlib import Path
+import gpu_check
+from transformers import LlavaConfig
+from llava_accel.models.architecture import load_config
+d = load_config(gpu_check.MODEL_ID).to_dict()
+d["text_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                        num_key_value_heads=2, head_dim=32)
+d["vision_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+import torch
+torch.set_num_threads(1)  # a tiny model: threads only add synchronisation (and spin on a busy machine)
+loaded = gpu_check.random_llava(LlavaConfig(**d), "cpu", torch.float32)
+cpu = {{"device": "cpu", "dtype": "float32"}}
+gpu_check.run(loaded, [("eager", cpu), ("flash", {{}}), ("cpu", {{"dtype": "float32", "threads": 1}})], [2], Path({out!r}),
+              budget_s=600, timed_batches=2)
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_exits_at_once_without_cuda(tmp_path):
+    code = (f"import sys, runpy; sys.argv = ['gpu_check.py', '--out', {str(tmp_path / 'r.json')!r}]\n"
+            f"try:\n    runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+            f"except SystemExit as e:\n    print(e.code, 'transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"]  # exit code 2, and nothing slow was even imported
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("gpu_check: needs a CUDA GPU; torch ") and "sees none here" in done.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_pipeline_runs_on_cpu_without_gpu_image_missing_packages(tmp_path):
+    out = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-c", PIPELINE.format(bench=str(SCRIPT.parent), out=str(out))],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["weights"] == "random" and report["environment"]["gpu"] is None
+    assert [(p["backend"], p["batch"]) for p in report["points"]] == [("eager", 2), ("cpu", 2)]
+    [skipped] = report["skipped"]
+    assert skipped["backend"] == "flash" and skipped["reason"].startswith("needs the flash-attn package")
+    for p in report["points"]:
+        assert p["floor"]["prompt_len"] == 780  # 576 image + 204 text tokens
+        assert 0 < p["floor"]["latency_s"] < p["latency_s"]["mean"] and p["latency_over_floor"] > 1
+        assert p["flops"]["prefill_per_sample"] > 0 and p["energy"]["label"] == "estimated"
+        assert p["describe"]["attention"] == "sdpa" and p["describe"]["weights"] == "random"
+    cpu_points = [p for p in report["points"] if p["backend"] == "cpu"]
+    for p in cpu_points:  # same fp32 kernels: the same tokens
+        assert p["agreement_with_eager"] == {"identical_answers": 1.0, "mean_common_prefix": 8.0, "mean_length": 8.0,
+                                             "unit": "token"}
+    assert "batch" in done.stdout and "cpu" in done.stdout  # the printed table
+
+
+def test_floor_parts_match_hand_counts():
+    from transformers import LlavaConfig
+
+    from llava_accel.models.architecture import build_model, load_config
+
+    d = load_config(gpu_check.MODEL_ID).to_dict()
+    h, i, layers, vocab = 64, 96, 3, d["text_config"]["vocab_size"]
+    d["text_config"].update(hidden_size=h, intermediate_size=i, num_hidden_layers=layers, num_attention_heads=4,
+                            num_key_value_heads=2, head_dim=16)
+    d["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    model = build_model(LlavaConfig(**d), device="meta", dtype=torch.float16)
+    # per layer: q and o (h x 4*16), k and v (h x 2*16), MLP 3 h x i, two RMSNorms; then final norm and LM head
+    per_layer = 2 * h * 64 + 2 * h * 32 + 3 * h * i + 2 * h
+    assert gpu_check.decode_weight_bytes(model) == 2 * (layers * per_layer + h + vocab * h)
+    assert gpu_check.kv_bytes_per_token(model.config, torch.float16) == 2 * layers * 2 * 16 * 2
+    f = gpu_check.floor(model, batch=2, prompt_len=100, new_tokens=5, prefill_flops=4e9, step_flops=1e3,
+                        peak_flops=1e12, bandwidth=1e9)
+    weights = sum(p.numel() for p in model.parameters()) * 2
+    assert f.prefill_s == max(4e9 / 1e12, weights / 1e9)
+    kv = 2 * (2 * layers * 2 * 16 * 2) * (100 + 5 / 2)
+    assert f.decode_step_s == pytest.approx((gpu_check.decode_weight_bytes(model) + kv) / 1e9)
+    assert f.latency_s == pytest.approx(f.prefill_s + 4 * f.decode_step_s) and f.decode_bound == "memory"
