@@ -67,8 +67,10 @@ def random_llava(config: Any, device: str, dtype: torch.dtype, name: str = MODEL
     return LoadedModel(model, word_processor(config), name, path="", weights="random")
 
 
-def random_samples(processor: Any, n: int, text_tokens: int = TEXT_TOKENS, seed: int = 0) -> list:
-    """``n`` samples: noise images at the processor's size, prompts of exactly ``text_tokens`` templated text tokens."""
+def random_samples(processor: Any, n: int, text_tokens: int = TEXT_TOKENS, seed: int = 0,
+                   ragged: bool = False) -> list:
+    """``n`` samples: noise images at the processor's size, prompts of exactly ``text_tokens`` templated text tokens
+    (``ragged``: between half of that and all of it, so that batches are left-padded)."""
     import numpy as np
     from PIL import Image
 
@@ -81,7 +83,8 @@ def random_samples(processor: Any, n: int, text_tokens: int = TEXT_TOKENS, seed:
     vocab = len(processor.tokenizer)
     samples = []
     for i in range(n):
-        words = rng.integers(3, vocab - 64, text_tokens - template_tokens)  # below the special ids at the top
+        length = int(rng.integers(text_tokens // 2, text_tokens + 1)) if ragged else text_tokens
+        words = rng.integers(3, vocab - 64, length - template_tokens)  # below the special ids at the top
         image = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
         samples.append(Sample(image=image, prompt=" ".join(f"w{w}" for w in words), id=f"random-{i}"))
     return samples
@@ -179,8 +182,8 @@ def _stats(s: Any) -> dict[str, float] | None:
 
 
 def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int], out: Path, budget_s: float,
-        timed_batches: int = TIMED_BATCHES, new_tokens: int = NEW_TOKENS,
-        text_tokens: int = TEXT_TOKENS) -> dict[str, Any]:
+        timed_batches: int = TIMED_BATCHES, new_tokens: int = NEW_TOKENS, text_tokens: int = TEXT_TOKENS,
+        ragged: bool = False) -> dict[str, Any]:
     """Every available backend at every batch size; the report is rewritten to ``out`` after each point.
 
     ``backends``: (name, options) pairs, options passed to ``load_backend`` (device and dtype must match the model).
@@ -192,13 +195,13 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
     start = time.monotonic()
     device = str(loaded.model.device)
     report: dict[str, Any] = {"model": loaded.model_id, "weights": loaded.weights, "new_tokens": new_tokens,
-                              "text_tokens": text_tokens, "environment": environment.collect(device),
+                              "text_tokens": text_tokens, "ragged": ragged, "environment": environment.collect(device),
                               "bandwidth_bytes_per_s": memory_bandwidth(torch.device(device)),
                               "note": "random weights: valid for latency, energy and FLOPs at a fixed output "
                                       "length, not for quality", "points": [], "skipped": []}
     print(versions_line(report["environment"]), flush=True)
     print(HEADER, flush=True)
-    samples = random_samples(loaded.processor, max(batches) * timed_batches, text_tokens)
+    samples = random_samples(loaded.processor, max(batches) * timed_batches, text_tokens, ragged=ragged)
     references: dict[int, Any] = {}  # eager's result per batch size
     for name, options in backends:
         reason = backend_class(name).unavailable_reason(**{
@@ -268,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--compile-mode", default=None, help="compile backend mode (default: reduce-overhead)")
+    parser.add_argument("--ragged", action="store_true",
+                        help="prompts of 102-204 text tokens: left-padded batches (what unpadding costs flash)")
     parser.add_argument("--budget-s", type=float, default=BUDGET_S, help="stop starting new points after this")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():  # before anything slow: this script has nothing to do without a GPU
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"compile": {"mode": args.compile_mode}} if args.compile_mode else {}
     backends = [(b, {"device": "cuda", "dtype": "float16", **extra.get(b, {})}) for b in args.backends.split(",")]
     report = run(loaded, backends, [int(b) for b in args.batches.split(",")], Path(args.out),
-                 args.budget_s - (time.monotonic() - started))
+                 args.budget_s - (time.monotonic() - started), ragged=args.ragged)
     for skipped in report["skipped"]:
         print(f"skipped: {skipped}")
     print(f"gpu_check: {time.monotonic() - started:.0f} s in all; report: {args.out}")

@@ -93,3 +93,18 @@ def test_floor_parts_match_hand_counts():
     kv = 2 * (2 * layers * 2 * 16 * 2) * (100 + 5 / 2)
     assert f.decode_step_s == pytest.approx((gpu_check.decode_weight_bytes(model) + kv) / 1e9)
     assert f.latency_s == pytest.approx(f.prefill_s + 4 * f.decode_step_s) and f.decode_bound == "memory"
+
+
+def test_random_prompts_have_exact_text_token_counts():
+    from llava_accel.models.architecture import load_config
+    from llava_accel.truncation import count_text_tokens
+
+    processor = gpu_check.word_processor(load_config(gpu_check.MODEL_ID))
+    assert len(processor.tokenizer) == 32064 and processor.tokenizer.convert_tokens_to_ids("<image>") == 32000
+    image_id = 32000
+    equal = gpu_check.random_samples(processor, 3)
+    assert [count_text_tokens(processor.tokenizer, s.prompt, image_id) for s in equal] == [204] * 3
+    assert equal[0].image.size == (336, 336)
+    ragged = [count_text_tokens(processor.tokenizer, s.prompt, image_id)
+              for s in gpu_check.random_samples(processor, 8, ragged=True)]
+    assert len(set(ragged)) > 1 and all(102 <= n <= 204 for n in ragged)
