@@ -18,8 +18,11 @@ IMAGE_SIZE = 64
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (235, 200, 20),
           "purple": (140, 40, 170), "orange": (245, 130, 20)}
 SHAPES = ("circle", "square", "triangle")
-WORDS = ("cat", "dog", "sun", "car", "bus", "tree", "book", "milk", "fish", "bird", "cake", "door",
-         "lamp", "rain", "ship", "star", "road", "hat", "box", "pen")
+# Few short, visually distinct words in large glyphs with little jitter: a tiny vision tower trained for minutes on
+# 2 CPU cores can learn to read these (20 words in 22 px glyphs anywhere in the image stayed at chance).
+WORDS = ("cat", "dog", "sun", "car", "bus", "tree", "book", "milk", "fish", "bird", "cake", "lamp")
+GLYPH_SIZE = 24
+JITTER = 2  # the word's centre moves up to this many pixels from the image centre, in x and in y
 
 CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -38,9 +41,8 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, color: tuple, box: tuple[
         draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=color)
 
 
-def _shapes_scene(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
-    """One or two shapes, left to right; returns the image and [(color, shape), ...] in reading order."""
-    n = rng.choice((1, 2))
+def _shapes_scene(rng: random.Random, n: int) -> tuple[Image.Image, list[tuple[str, str]]]:
+    """``n`` (1 or 2) shapes, left to right; returns the image and [(color, shape), ...] in reading order."""
     objects = []
     while len(objects) < n:
         color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
@@ -58,7 +60,7 @@ def _shapes_scene(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]
 
 
 def coco_sample(rng: random.Random) -> Sample:
-    img, objs = _shapes_scene(rng)
+    img, objs = _shapes_scene(rng, rng.choice((1, 2)))
     names = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {s}" for c, s in objs]
     if len(names) == 1:
         refs = [names[0], f"{names[0]} on a white background", f"there is {names[0]}"]
@@ -71,16 +73,18 @@ def textvqa_sample(rng: random.Random) -> Sample:
     word = rng.choice(WORDS)
     img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=22)
+    font = ImageFont.load_default(size=GLYPH_SIZE)
     left, top, right, bottom = draw.textbbox((0, 0), word, font=font)
-    x = rng.randint(0, max(0, IMAGE_SIZE - (right - left))) - left
-    y = rng.randint(0, max(0, IMAGE_SIZE - (bottom - top))) - top
+    x = (IMAGE_SIZE - (right - left)) // 2 + rng.randint(-JITTER, JITTER) - left
+    y = (IMAGE_SIZE - (bottom - top)) // 2 + rng.randint(-JITTER, JITTER) - top
     draw.text((x, y), word, fill=(0, 0, 0), font=font)
     return Sample(img, TEXTVQA_QUESTION + VQA_SUFFIX, [word] * 10, fields={"question": TEXTVQA_QUESTION})
 
 
 def scienceqa_sample(rng: random.Random) -> Sample:
-    img, objs = _shapes_scene(rng)
+    # one shape: the tiny model must still see its colour and match it to an option's letter (with two shapes it
+    # stayed at chance within our CPU budget)
+    img, objs = _shapes_scene(rng, 1)
     color, shape = rng.choice(objs)
     hint = "The image shows " + " and ".join(f"a {s}" for _, s in objs) + "."
     question = f"What color is the {shape}?"
