@@ -2,14 +2,19 @@
 
 A decode step is one token per row through 32 layers: on a GPU it is bound by kernel launches and weight reads, so
 fusing it into one graph (and, in ``reduce-overhead`` mode, one CUDA graph) is where compile helps. That needs fixed
-shapes: transformers' static cache (``cache_implementation="static"``) plus a ``CompileConfig`` makes ``generate``
-compile only the decode step (prefill stays eager, its shape changes with every prompt). A new batch size still means
-a new graph, so batches are padded up to a bucket (repeating the last row) and the cache length is rounded up, and
-every compilation is counted and timed: compile cost is paid on a first call and reported apart from steady state.
+shapes: a ``StaticCache`` plus a ``CompileConfig`` makes transformers' ``generate`` compile only the decode step
+(prefill stays eager, its shape changes with every prompt). A new batch size still means a new graph, so batches are
+padded up to a bucket (repeating the last row) and the cache length is rounded up, and every compilation is counted
+and timed: compile cost is paid on a first call and reported apart from steady state.
+
+The backend keeps one static cache and resets it between calls, where transformers' own
+``cache_implementation="static"`` allocates a new one per call: CUDA graphs record the cache's addresses, and new
+addresses make cudagraph trees record the graph again on every call.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import time
@@ -115,7 +120,10 @@ class CompileBackend(EagerBackend):
             self.model.model.vision_tower.compile(mode=self.mode)
         self.events: list[CompileEvent] = []
         self.decode_compiled: bool | None = None  # known after the first call
-        self._cache_len = 0
+        self.cache: Any = None  # the StaticCache, kept across calls
+        self._cache_shape = (0, 0)  # (batch, length) it was made for
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(type(self.model).forward).parameters \
+            else "past_key_values"  # renamed in transformers 5.2x
         self._events_at_reset = 0
 
     @classmethod
@@ -129,21 +137,33 @@ class CompileBackend(EagerBackend):
     def generation_kwargs(self) -> dict[str, Any]:
         if "decode" not in self.parts:
             return {}
-        return {"cache_implementation": "static", "compile_config": self.compile_config,
-                "max_cache_len": self._cache_len}
+        return {self._cache_kwarg: self.cache, "compile_config": self.compile_config}
+
+    def _prepare_cache(self, batch: int, length: int) -> None:
+        """Reset the cache, or replace it when the batch changes or it is too short; it never shrinks, so that a
+        shorter prompt reuses the compiled graph of a longer one."""
+        from transformers import StaticCache
+
+        if self._cache_shape[0] == batch and self._cache_shape[1] >= length:
+            self.cache.reset()
+            return
+        length = max(length, self._cache_shape[1] if self._cache_shape[0] == batch else 0)
+        self.cache = None  # free the old one first
+        self.cache = StaticCache(config=self.model.config.get_text_config(decoder=True), max_cache_len=length)
+        self._cache_shape = (batch, length)
 
     def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int | None = None,
                      streamer: Any = None) -> torch.Tensor:
         rows, length = inputs["input_ids"].shape
         batch = bucket_batch(rows, self.batch_buckets)
-        self._cache_len = round_up(length + max_new_tokens, self.cache_bucket)
+        if "decode" in self.parts:
+            self._prepare_cache(batch, round_up(length + max_new_tokens, self.cache_bucket))
         graphs, start = dynamo_graphs(), time.perf_counter()
         out = super().generate_ids(pad_rows(inputs, batch), max_new_tokens, min_new_tokens,
                                    FirstRows(streamer, rows) if streamer is not None and batch != rows else streamer)
         seconds, graphs = time.perf_counter() - start, dynamo_graphs() - graphs
         if graphs:
-            cache_len = getattr(self.model, "_previous_max_cache_length", self._cache_len)
-            self.events.append(CompileEvent(batch, cache_len, graphs, seconds))
+            self.events.append(CompileEvent(batch, self._cache_shape[1], graphs, seconds))
         if "decode" in self.parts and self.decode_compiled is None:
             self._check_decode_compiled()
         return out[:rows]
@@ -167,5 +187,6 @@ class CompileBackend(EagerBackend):
         return {**super().describe(), "compile_mode": self.mode, "fullgraph": self.fullgraph,
                 "compiled_parts": self.parts, "decode_compiled": self.decode_compiled,
                 "batch_buckets": list(self.batch_buckets), "cache_bucket": self.cache_bucket,
+                "static_cache": {"batch": self._cache_shape[0], "length": self._cache_shape[1]},
                 "first_call_s": round(self.events[0].first_call_s, 3) if self.events else None,
                 "recompiles": max(len(self.events) - 1, 0), "compile_events": [asdict(e) for e in self.events]}
