@@ -37,8 +37,9 @@ class Recipe:
     mode: str
     device: str
     package: str  # the pip distribution providing it
+    module: str  # what it is imported as
     method: str  # what is called, in words
-    dtypes: tuple[torch.dtype, ...]
+    dtypes: tuple[torch.dtype, ...]  # activation dtypes with a fast kernel (others are refused, not run slowly)
     apply: Callable[[nn.Module, list[str], torch.dtype], None]  # (model, names of the Linear layers, dtype)
 
 
@@ -125,6 +126,14 @@ def _int8_weight_config(layer: nn.Linear) -> object:
     return Int8WeightOnlyConfig()
 
 
+def _quanto_int8(model: nn.Module, names: list[str], dtype: torch.dtype) -> None:
+    """optimum-quanto qint8 weights: on CPU with bf16 activations its matmul is aten._weight_int8pack_mm."""
+    from optimum.quanto import freeze, qint8, quantize
+
+    quantize(model, weights=qint8, include=names)
+    freeze(model)
+
+
 def _torch_dynamic(model: nn.Module, names: list[str], dtype: torch.dtype) -> None:
     """torch's own dynamic quantisation (fbgemm/x86 ``quantized::linear_dynamic``), per-channel int8 weights."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -133,17 +142,19 @@ def _torch_dynamic(model: nn.Module, names: list[str], dtype: torch.dtype) -> No
 
 
 FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
+# Chosen by measurement on CPU (docs/backends.md): the int8 weight-only and int4 CPU kernels are fast for bf16
+# activations only (their fp32/fp16 paths are 10-30x slower than not quantising), torch's dynamic int8 for fp32 only.
 RECIPES: dict[tuple[str, str], Recipe] = {(r.mode, r.device): r for r in [
-    Recipe("int8", "cpu", "torchao", "Int8WeightOnlyConfig (int8 per-channel weights, dequantised per matmul)",
-           (FP32, BF16, FP16), _torchao(_int8_weight_config)),
-    Recipe("int8-dynamic", "cpu", "torch", "torch.ao.quantization.quantize_dynamic (per-channel int8 weights, int8 "
-           "activations quantised per call, fbgemm/x86 kernels)", (FP32,), _torch_dynamic),
-    Recipe("int4", "cpu", "torchao", "PrototypeInt4WeightOnlyConfig (group-wise int4, aten._weight_int4pack_mm_for_cpu)",
-           (FP32, BF16, FP16), _torchao(_cpu_int4_config)),
-    Recipe("int8", "cuda", "torchao", "Int8WeightOnlyConfig (int8 per-channel weights)", (BF16, FP16, FP32),
-           _torchao(_int8_weight_config)),
-    Recipe("int4", "cuda", "torchao", "Int4WeightOnlyConfig tile_packed_to_4d (group-wise int4, tinygemm kernel)",
-           (BF16,), _torchao(_cuda_int4_config)),
+    Recipe("int8", "cpu", "optimum-quanto", "optimum.quanto", "quantize(weights=qint8): per-channel int8 weights, "
+           "aten._weight_int8pack_mm", (BF16,), _quanto_int8),
+    Recipe("int8-dynamic", "cpu", "torch", "torch", "torch.ao.quantization.quantize_dynamic: per-channel int8 weights, "
+           "activations quantised per call, fbgemm/x86 int8 GEMM", (FP32,), _torch_dynamic),
+    Recipe("int4", "cpu", "torchao", "torchao", "PrototypeInt4WeightOnlyConfig: group-wise int4 weights, "
+           "aten._weight_int4pack_mm_for_cpu", (BF16,), _torchao(_cpu_int4_config)),
+    Recipe("int8", "cuda", "torchao", "torchao", "Int8WeightOnlyConfig: per-channel int8 weights (fused into the "
+           "matmul under torch.compile)", (BF16, FP16), _torchao(_int8_weight_config)),
+    Recipe("int4", "cuda", "torchao", "torchao", "Int4WeightOnlyConfig tile_packed_to_4d: group-wise int4 weights, "
+           "tinygemm", (BF16,), _torchao(_cuda_int4_config)),
 ]}
 
 
@@ -167,7 +178,7 @@ def unsupported_reason(mode: str | None, device: torch.device | str, dtype: torc
     if dtype not in recipe.dtypes:
         return (f"quantize={mode!r} on {device.type} has kernels for {', '.join(map(_dtype_name, recipe.dtypes))} "
                 f"only, not {_dtype_name(dtype)}; pass dtype={_dtype_name(recipe.dtypes[0])!r}")
-    if importlib.util.find_spec(recipe.package) is None:
+    if not _importable(recipe.module):
         return f"quantize={mode!r} on {device.type} needs the '{recipe.package}' package ({INSTALL_HINT})"
     if mode == "int4" and device.type == "cuda" and torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(device)
@@ -246,6 +257,13 @@ def is_quantized(module: nn.Module) -> bool:
         return True
     weight = getattr(module, "weight", None)
     return isinstance(weight, torch.Tensor) and type(weight) not in (torch.Tensor, nn.Parameter)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # the parent package (``optimum``) is missing
+        return False
 
 
 def _version(package: str) -> str:
