@@ -17,3 +17,11 @@ def mixed_batch():
     samples = (synthetic_samples("synthetic-coco", 2, seed=7) + synthetic_samples("synthetic-scienceqa", 1, seed=7)
                + synthetic_samples("synthetic-textvqa", 1, seed=7))
     return [s.image for s in samples], [s.prompt for s in samples]
+
+
+@pytest.fixture(scope="session")
+def eager_fp32():
+    """The reference every backend's tokens are checked against: ``eager`` on the CPU in fp32, loaded once."""
+    import llava_accel as la
+
+    return la.load_backend("eager", device="cpu", dtype="float32")

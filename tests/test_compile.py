@@ -13,11 +13,6 @@ MAX_NEW = 10
 
 
 @pytest.fixture(scope="module")
-def eager():
-    return la.load_backend("eager", device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
 def compiled():
     return la.load_backend("compile", device="cpu", dtype="float32")
 
@@ -39,10 +34,10 @@ class Recorder:
         self.shapes.append("end")
 
 
-def test_tokens_equal_eager_through_compiled_static_cache(compiled, eager, mixed_batch):
+def test_tokens_equal_eager_through_compiled_static_cache(compiled, eager_fp32, mixed_batch):
     images, prompts = mixed_batch
     got = compiled.generate(images, prompts, max_new_tokens=MAX_NEW)
-    want = eager.generate(images, prompts, max_new_tokens=MAX_NEW)
+    want = eager_fp32.generate(images, prompts, max_new_tokens=MAX_NEW)
     assert [o.token_ids for o in got] == [o.token_ids for o in want]
     assert all(len(o.token_ids) > 0 for o in got)
     d = compiled.describe()
@@ -55,7 +50,7 @@ def test_tokens_equal_eager_through_compiled_static_cache(compiled, eager, mixed
     assert compiled.stats() == {"compilations": 1, "compile_s": event.first_call_s}
 
 
-def test_same_bucket_reuses_the_graph(compiled, eager, mixed_batch):
+def test_same_bucket_reuses_the_graph(compiled, eager_fp32, mixed_batch):
     images, prompts = mixed_batch
     compiled.generate(images, prompts, max_new_tokens=MAX_NEW)  # the bucket-4 graph exists after this
     before, layout = list(compiled.events), cache_layout(compiled)
@@ -63,7 +58,7 @@ def test_same_bucket_reuses_the_graph(compiled, eager, mixed_batch):
     streamer = Recorder()
     got = compiled.generate(images[1:], prompts[1:], max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW,
                             streamer=streamer)  # 3 rows, padded to the bucket of 4
-    want = eager.generate(images[1:], prompts[1:], max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW)
+    want = eager_fp32.generate(images[1:], prompts[1:], max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW)
     assert [o.token_ids for o in got] == [o.token_ids for o in want]
     assert compiled.events == before and compiled.describe()["recompiles"] == 0
     assert compiled.stats() == {"compilations": 0, "compile_s": 0}
