@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .cache import SlotCache
 from .head import EagleHead
@@ -100,20 +101,140 @@ def run_target(model: Any, inputs: dict[str, torch.Tensor], use_cache: bool = Tr
     return caught["embeds"], out.last_hidden_state, cache if cache is not None else getattr(out, "past_key_values")
 
 
+@dataclass
+class _Generation:
+    """The state of one ``generate`` call."""
+
+    target_cache: SlotCache
+    head_cache: SlotCache
+    rows: list[list[int]]  # emitted tokens per row (EOS included)
+    done: list[bool]
+    root: torch.Tensor  # (batch,) last emitted token, not yet in the target's cache
+    root_positions: torch.Tensor  # (batch,) its position id
+    predicted: torch.Tensor  # (batch, h) the head's prediction of the target's feature at the root
+    generated: torch.Tensor  # (batch,) tokens emitted so far
+    max_new_tokens: int
+    min_new_tokens: int
+    streamer: Any
+    streamed: int = 0  # columns handed to the streamer
+
+
 class EagleDecoder:
     """Greedy speculative decoding of a LlavaForConditionalGeneration with an ``EagleHead``."""
 
     def __init__(self, model: Any, head: EagleHead, tree: TreeConfig, eos_token_id: int, pad_token_id: int) -> None:
         self.model, self.head, self.tree = model, head, tree
         self.lm = model.model.language_model
-        self.embed, self.lm_head = self.lm.embed_tokens, model.lm_head
         self.eos, self.pad = eos_token_id, pad_token_id
         self.stats = EagleStats()
-        self.caches: tuple[SlotCache, SlotCache] | None = None
+        self.caches: tuple[SlotCache, SlotCache] | None = None  # the last call's, for inspection
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+    def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int | None = None,
+                 streamer: Any = None) -> torch.Tensor:
+        """New token ids (batch, steps), padded after EOS: the target's greedy tokens, as ``generate`` makes them."""
+        # plain tensors, read once per call: module lookups cost more than the tiny model's matmuls
+        self._embed_w, self._lm_w = self.lm.embed_tokens.weight, self.model.lm_head.weight
+        self._target_w = [layer_weights(layer) for layer in self.lm.layers[: self.lm.config.num_hidden_layers]]
+        self._head_w = layer_weights(self.head.layer)
+        if streamer is not None:
+            streamer.put(inputs["input_ids"].cpu())
+        g = self._prefill(inputs, max_new_tokens, min_new_tokens or 0, streamer)
+        while not all(g.done):
+            self._step(g)
+        if streamer is not None:
+            streamer.end()
+        self.stats.new_tokens += sum(len(r) for r in g.rows)
+        width = max(len(r) for r in g.rows)
+        return torch.tensor([r + [self.pad] * (width - len(r)) for r in g.rows], dtype=torch.long,
+                            device=inputs["input_ids"].device)
+
+    def _prefill(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new: int, streamer: Any
+                 ) -> _Generation:
+        """The normal LLaVA forward (first token, prompt KV cache), then the prompt through the head."""
+        stats, tree = self.stats, self.tree
+        mask = inputs["attention_mask"]
+        batch, length = mask.shape
+        device = mask.device
+        t0 = self._clock()
+        embeds, hidden, prompt_cache = run_target(self.model, inputs)
+        logits = F.linear(hidden[:, -1], self._lm_w).float()
+        first = self._no_eos(logits, torch.tensor(min_new > 0, device=device)).argmax(-1)
+        # the draft writes up to top_k * (depth - 1) head entries past the prefix, verification total_tokens + 1
+        room = max(tree.total_tokens, tree.top_k * max(tree.depth - 1, 1)) + tree.depth + 2
+        caches = self._caches(batch, length + max_new_tokens + room, hidden.dtype, device)
+        start = (mask == 0).sum(1)
+        caches[0].load([layer.keys for layer in prompt_cache.layers], [layer.values for layer in prompt_cache.layers],
+                       start)
+        caches[1].start.copy_(start)
+        self.caches = caches
+        stats.prefill_forwards += 1
+        stats.sequences += batch
+        t1 = self._clock()
+        stats.prefill_s += t1 - t0
+
+        rows = [[t] for t in first.tolist()]
+        g = _Generation(*caches, rows=rows, done=[r[0] == self.eos or max_new_tokens <= 1 for r in rows],
+                        root=first, root_positions=mask.sum(1), predicted=hidden[:, -1],
+                        generated=torch.ones(batch, dtype=torch.long, device=device), max_new_tokens=max_new_tokens,
+                        min_new_tokens=min_new, streamer=streamer)
+        self._stream(g)
+        if not all(g.done):
+            g.predicted = self._feed_head(torch.cat([embeds[:, 1:], F.embedding(first, self._embed_w)[:, None]], 1),
+                                          hidden, prompt_positions(mask), torch.full_like(start, length), g.head_cache)
+        stats.draft_s += self._clock() - t1
+        return g
+
+    def _step(self, g: _Generation) -> None:
+        """Draft a tree, verify it, keep the accepted path, and feed it to the head."""
+        stats, depth = self.stats, self.tree.depth
+        t0 = self._clock()
+        forbid = [g.generated + d < g.min_new_tokens if g.min_new_tokens else None for d in range(depth)]
+        tree = self._draft(g, forbid)
+        t1 = self._clock()
+        n = tree.tokens.shape[1]
+        allowed = torch.cat([g.target_cache.prefix_mask()[:, None].expand(-1, n, -1), tree.mask], -1)
+        hidden = self._target(tree.tokens, tree.positions(g.root_positions), allowed, g.target_cache)
+        logits = F.linear(hidden, self._lm_w)
+        if g.min_new_tokens:
+            self._no_eos(logits, g.generated[:, None] + tree.depths < g.min_new_tokens)
+        choice = logits.argmax(-1)
+        path, counts = accept(tree, choice, depth)
+        counts = counts.masked_fill(torch.tensor(g.done, device=counts.device), 0)  # finished rows keep nothing
+        g.target_cache.compact(path, counts)
+        emitted = choice.gather(1, path)
+        stats.verify_forwards += 1
+        t2 = self._clock()
+        stats.draft_s += t1 - t0
+        stats.verify_s += t2 - t1
+
+        width = int(counts.max())
+        for b, (tokens, c) in enumerate(zip(emitted[:, :width].tolist(), counts.tolist())):
+            if g.done[b]:
+                continue
+            stats.active_row_steps += 1
+            stats.accepted_tokens += c
+            for t in tokens[:c]:
+                g.rows[b].append(t)
+                if t == self.eos or len(g.rows[b]) >= g.max_new_tokens:
+                    g.done[b] = True
+                    break
+        self._stream(g)
+        if all(g.done):
+            return
+        t3 = self._clock()
+        features = hidden.gather(1, path[:, :width, None].expand(-1, -1, hidden.shape[-1]))
+        positions = g.root_positions[:, None] + torch.arange(width, device=counts.device)
+        g.predicted = self._feed_head(F.embedding(emitted[:, :width], self._embed_w), features, positions, counts,
+                                      g.head_cache)
+        g.root = emitted.gather(1, (counts - 1).clamp(min=0)[:, None])[:, 0]
+        g.root_positions = g.root_positions + counts
+        g.generated = g.generated + counts
+        stats.draft_s += self._clock() - t3
 
     # -- pieces ----------------------------------------------------------------------------------------------------
     def _clock(self) -> float:
-        if self.lm_head.weight.is_cuda:
+        if self._lm_w.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter()
 
@@ -126,15 +247,17 @@ class EagleDecoder:
     def _target(self, tokens: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor,
                 cache: SlotCache) -> torch.Tensor:
         """The language model's decoder layers on ``tokens`` -> final-norm hidden states."""
-        hidden = self.embed(tokens)
+        hidden = F.embedding(tokens, self._embed_w)
         rope, mask = self.lm.rotary_emb(hidden, positions), allowed[:, None]
-        for weights in self._target_weights:
+        for weights in self._target_w:
             hidden = decoder_layer(weights, hidden, rope, mask, cache)
         return self.lm.norm(hidden)
 
     def _log_probs(self, features: torch.Tensor, forbid: torch.Tensor | None) -> torch.Tensor:
-        logits = self._no_eos(self.lm_head(features).float(), forbid)
-        return torch.log_softmax(logits, dim=-1).clamp_(min=MIN_LOGPROB)
+        logits = F.linear(features, self._lm_w).float()
+        if forbid is None:
+            return torch.log_softmax(logits, dim=-1)
+        return torch.log_softmax(self._no_eos(logits, forbid), dim=-1).clamp_(min=MIN_LOGPROB)
 
     def _feed_head(self, embeds: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
                    counts: torch.Tensor, cache: SlotCache) -> torch.Tensor:
@@ -145,31 +268,31 @@ class EagleDecoder:
             cache.begin + torch.arange(n, device=device) >= cache.start[:, None])[:, None]  # not the prompt's padding
         new |= torch.eye(n, dtype=torch.bool, device=device)  # padding rows see themselves: no empty softmax
         allowed = torch.cat([cache.prefix_mask()[:, None].expand(-1, n, -1), new], -1)
-        out = self.head(embeds, features, positions, allowed, cache, self._head_weights)
-        cache.compact(torch.arange(n, device=embeds.device).expand(embeds.shape[0], n), counts)
+        out = self.head(embeds, features, positions, allowed, cache, self._head_w)
+        cache.compact(torch.arange(n, device=device).expand(embeds.shape[0], n), counts)
         self.stats.head_forwards += 1
         last = (counts - 1).clamp(min=0)
         return out.gather(1, last[:, None, None].expand(-1, 1, out.shape[-1]))[:, 0]
 
-    def _draft(self, root: torch.Tensor, predicted: torch.Tensor, root_positions: torch.Tensor,
-               cache: SlotCache, forbid_eos: list[torch.Tensor | None]) -> Tree:
+    def _draft(self, g: _Generation, forbid_eos: list[torch.Tensor | None]) -> Tree:
         """EAGLE-2 dynamic tree: expand the top-k nodes (by cumulative log-probability) of each depth in one head
         forward, then keep the best ``total_tokens`` of every drafted candidate."""
         k, depth = self.tree.top_k, self.tree.depth
-        batch, device = root.shape[0], root.device
-        scores, tokens = self._log_probs(predicted, forbid_eos[0]).topk(k, dim=-1)
+        cache, batch, device = g.head_cache, g.root.shape[0], g.root.device
+        scores, tokens = self._log_probs(g.predicted, forbid_eos[0]).topk(k, dim=-1)
         zeros = torch.zeros(batch, k, dtype=torch.long, device=device)
         cand_tokens, cand_scores, cand_parents, cand_depths = [tokens], [scores], [zeros], [zeros + 1]
         frontier = torch.arange(1, k + 1, device=device).expand(batch, k)  # candidate index + 1
-        features = predicted[:, None].expand(-1, k, -1)
-        seen = torch.eye(k, dtype=torch.bool, device=device).expand(batch, k, k)  # frontier -> drafted entries
+        features = g.predicted[:, None].expand(-1, k, -1)
+        eye = torch.eye(k, dtype=torch.bool, device=device).expand(batch, k, k)
+        seen = eye  # which drafted head entries each frontier node sees: its ancestors and itself
         base = cache.begin
         prefix = cache.prefix_mask()[:, None].expand(-1, k, -1)
-        eye = torch.eye(k, dtype=torch.bool, device=device).expand(batch, k, k)
         for d in range(1, depth):
             cache.begin = base + (d - 1) * k
-            out = self.head(self.embed(tokens), features, (root_positions + d - 1)[:, None].expand(-1, k),
-                            torch.cat([prefix, seen], -1), cache, self._head_weights)
+            out = self.head(F.embedding(tokens, self._embed_w), features,
+                            (g.root_positions + d - 1)[:, None].expand(-1, k), torch.cat([prefix, seen], -1), cache,
+                            self._head_w)
             self.stats.head_forwards += 1
             forbid = forbid_eos[d][:, None] if forbid_eos[d] is not None else None
             child_scores, child_tokens = self._log_probs(out, forbid).topk(k, dim=-1)
@@ -188,7 +311,7 @@ class EagleDecoder:
             seen = torch.cat([seen.gather(1, parent[..., None].expand(-1, -1, seen.shape[-1])), eye], -1)
             frontier = k + (d - 1) * k * k + best + 1
         cache.begin = base
-        return select_tree(root, torch.cat(cand_tokens, 1), torch.cat(cand_scores, 1), torch.cat(cand_parents, 1),
+        return select_tree(g.root, torch.cat(cand_tokens, 1), torch.cat(cand_scores, 1), torch.cat(cand_parents, 1),
                            torch.cat(cand_depths, 1), self.tree.total_tokens, depth)
 
     def _caches(self, batch: int, capacity: int, dtype: torch.dtype, device: torch.device) -> tuple[SlotCache, ...]:
@@ -197,108 +320,12 @@ class EagleDecoder:
         return (SlotCache(text.num_hidden_layers, batch, text.num_key_value_heads, head_dim, capacity, dtype, device),
                 SlotCache(1, batch, text.num_key_value_heads, head_dim, capacity, dtype, device))
 
-    # -- the loop --------------------------------------------------------------------------------------------------
-    def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int | None = None,
-                 streamer: Any = None) -> torch.Tensor:
-        """New token ids (batch, steps), padded after EOS: the target's greedy tokens, as ``generate`` makes them."""
-        stats, tree = self.stats, self.tree
-        input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        batch, length = input_ids.shape
-        device = input_ids.device
-        min_new = min_new_tokens or 0
-        self._target_weights = [layer_weights(layer) for layer in self.lm.layers[: self.lm.config.num_hidden_layers]]
-        self._head_weights = layer_weights(self.head.layer)
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-
-        t0 = self._clock()
-        embeds, hidden, prompt_cache = run_target(self.model, inputs)
-        logits = self.lm_head(hidden[:, -1:])[:, 0].float()
-        first = self._no_eos(logits, torch.tensor(min_new > 0, device=device)).argmax(-1)
-        start = (mask == 0).sum(1)
-        # the draft step writes up to top_k * (depth - 1) head entries past the prefix; verification total_tokens + 1
-        room = max(tree.total_tokens, tree.top_k * max(tree.depth - 1, 1)) + tree.depth + 2
-        target_cache, head_cache = self._caches(batch, length + max_new_tokens + room, hidden.dtype, device)
-        target_cache.load([layer.keys for layer in prompt_cache.layers], [layer.values for layer in prompt_cache.layers],
-                          start)
-        self.caches = target_cache, head_cache  # the last call's, for inspection
-        stats.prefill_forwards += 1
-        stats.sequences += batch
-        t1 = self._clock()
-        stats.prefill_s += t1 - t0
-
-        head_cache.start.copy_(start)
-        positions = prompt_positions(mask)
-        counts = torch.full((batch,), length, device=device)
-        head_cache.lens.zero_()
-        predicted = self._feed_head(torch.cat([embeds[:, 1:], self.embed(first)[:, None]], 1), hidden, positions,
-                                    counts, head_cache)
-        root, root_positions = first, positions[:, -1] + 1
-        generated = torch.ones(batch, dtype=torch.long, device=device)  # tokens emitted so far, per row
-        rows = [[t] for t in first.tolist()]
-        done = [t == self.eos or max_new_tokens <= 1 for t in first.tolist()]
-        streamed = self._stream(streamer, rows, done, 0, max_new_tokens)
-        stats.draft_s += self._clock() - t1
-
-        depth_range = torch.arange(tree.depth + 1, device=device)
-        while not all(done):
-            t0 = self._clock()
-            forbid = [generated + d < min_new for d in range(tree.depth)] if min_new else [None] * tree.depth
-            draft = self._draft(root, predicted, root_positions, head_cache, forbid)
-            t1 = self._clock()
-            n = draft.tokens.shape[1]
-            allowed = torch.cat([target_cache.prefix_mask()[:, None].expand(-1, n, -1), draft.mask], -1)
-            hidden = self._target(draft.tokens, draft.positions(root_positions), allowed, target_cache)
-            logits = self.lm_head(hidden)
-            if min_new:
-                self._no_eos(logits, generated[:, None] + draft.depths < min_new)
-            choice = logits.argmax(-1)
-            path, counts = accept(draft, choice, tree.depth)
-            finished = torch.tensor(done, device=device)
-            counts = counts.masked_fill(finished, 0)  # finished rows keep nothing: their caches stop growing
-            target_cache.compact(path, counts)
-            emitted = choice.gather(1, path)
-            stats.verify_forwards += 1
-            t2 = self._clock()
-
-            width = int(counts.max())
-            for b, (tokens, c) in enumerate(zip(emitted[:, :width].tolist(), counts.tolist())):
-                if done[b]:
-                    continue
-                stats.active_row_steps += 1
-                stats.accepted_tokens += c
-                for t in tokens[:c]:
-                    rows[b].append(t)
-                    if t == self.eos or len(rows[b]) >= max_new_tokens:
-                        done[b] = True
-                        break
-            streamed = self._stream(streamer, rows, done, streamed, max_new_tokens)
-            stats.draft_s += t1 - t0
-            stats.verify_s += t2 - t1
-            if all(done):
-                break
-            t3 = self._clock()
-            features = hidden.gather(1, path[:, :width, None].expand(-1, -1, hidden.shape[-1]))
-            step_positions = root_positions[:, None] + depth_range[:width]
-            predicted = self._feed_head(self.embed(emitted[:, :width]), features, step_positions, counts, head_cache)
-            root = emitted.gather(1, (counts - 1).clamp(min=0)[:, None])[:, 0]
-            root_positions = root_positions + counts
-            generated = generated + counts
-            stats.draft_s += self._clock() - t3
-
-        if streamer is not None:
-            streamer.end()
-        stats.new_tokens += sum(len(r) for r in rows)
-        width = max(len(r) for r in rows)
-        return torch.tensor([r + [self.pad] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
-
-    def _stream(self, streamer: Any, rows: list[list[int]], done: list[bool], streamed: int, limit: int) -> int:
-        """Hand the streamer every column that all rows have reached (finished rows are padded); return the count."""
-        if streamer is None:
-            return streamed
-        ready = min(limit if d else len(r) for r, d in zip(rows, done))
-        if all(done):
-            ready = max(len(r) for r in rows)
-        for i in range(streamed, ready):
-            streamer.put(torch.tensor([r[i] if i < len(r) else self.pad for r in rows]))
-        return max(ready, streamed)
+    def _stream(self, g: _Generation) -> None:
+        """Hand the streamer every column that all rows have reached (finished rows are padded)."""
+        if g.streamer is None:
+            return
+        ready = max(map(len, g.rows)) if all(g.done) else min(
+            g.max_new_tokens if d else len(r) for r, d in zip(g.rows, g.done))
+        for i in range(g.streamed, ready):
+            g.streamer.put(torch.tensor([r[i] if i < len(r) else self.pad for r in g.rows]))
+        g.streamed = max(ready, g.streamed)
