@@ -2,6 +2,7 @@
 fake sleeping backend, warm-up exclusion, validity verdict, and partial results on interruption or failure."""
 
 import json
+import sys
 import time
 
 import pytest
@@ -23,7 +24,8 @@ def _private_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_result():
     backend = la.load_backend("cpu")
-    return measure(backend, "synthetic-coco", batch_size=2, limit=4, max_new_tokens=4, warmup=1)
+    return measure(backend, "synthetic-coco", batch_size=2, limit=4, max_new_tokens=4, warmup=1,
+                   flop_counter="fvcore")
 
 
 def test_every_field(tiny_result):
@@ -47,17 +49,28 @@ def test_every_field(tiny_result):
     assert env["cpu"]["model"] and env["cpu"]["torch_threads"] >= 1 and env["gpu"] is None
 
 
-def test_flops_match_the_batches_shapes(tiny_result):
-    """Total = sum over batches of prefill(S) + decode steps; per-sample prefill from the same records."""
+@pytest.fixture(scope="module")
+def flop_model():
     from llava_accel.metrics.flops import FlopModel
 
     cfg = la.load_backend("cpu").model.config
-    model = FlopModel.fit(cfg, (cfg.vision_config.image_size,) * 2, logits="last")
-    total = sum(model.prefill(r.prompt_len, r.size) + model.decode(r.prompt_len, r.steps, r.size)
+    return FlopModel.fit(cfg, (cfg.vision_config.image_size,) * 2, logits="last")
+
+
+def test_flops_match_the_batches_shapes(tiny_result, flop_model):
+    """Total = sum over batches of prefill(S) + decode steps; per-sample prefill from the same records."""
+    total = sum(flop_model.prefill(r.prompt_len, r.size) + flop_model.decode(r.prompt_len, r.steps, r.size)
                 for r in tiny_result.batches)
     assert tiny_result.flops.total == pytest.approx(total)
     assert tiny_result.flops.prefill_per_sample == pytest.approx(
-        sum(model.prefill(r.prompt_len, r.size) for r in tiny_result.batches) / 4)
+        sum(flop_model.prefill(r.prompt_len, r.size) for r in tiny_result.batches) / 4)
+
+
+def test_fvcore_cross_check_recorded(tiny_result, flop_model):
+    pytest.importorskip("fvcore")
+    check, first = tiny_result.flops.cross_check, tiny_result.batches[0]
+    assert check["flopcounter_prefill_flops"] == flop_model.prefill(first.prompt_len, first.size)
+    assert 0.5 < check["ratio"] < 1  # fvcore skips SDPA and the unused last CLIP layer
 
 
 def test_json_round_trip_and_wer_recomputed(tiny_result, tmp_path):
@@ -163,6 +176,36 @@ def test_failure_keeps_what_was_measured(tmp_path):
         measure(backend, synthetic_samples("synthetic-coco", 5), max_new_tokens=2, warmup=1, checkpoint=path)
     saved = MeasureResult.from_json(path)
     assert len(saved.predictions) == 2 and not saved.validity.valid
+
+
+def test_energy_arithmetic_with_a_constant_power_meter(monkeypatch):
+    """A 100 W meter: joules follow the timed batches, per-sample and per-token are exact divisions."""
+    from llava_accel.metrics.energy import PowerSampler
+
+    module = sys.modules["llava_accel.measure"]  # la.measure is the function, which hides the module
+
+    meter = PowerSampler(lambda: 100.0, background=False)
+    meter.source, meter.scope = "fake-100W", "test"
+    monkeypatch.setattr(module, "open_meter", lambda device: meter)
+    m = measure(SleepingBackend(slow_calls=0), synthetic_samples("synthetic-coco", 3), max_new_tokens=3, warmup=1,
+                count_flops=False, idle_seconds=0.05)
+    e = m.energy
+    assert (e.source, e.label) == ("fake-100W", "measured")
+    assert e.total_j == pytest.approx(sum(r.energy_j for r in m.batches))
+    assert e.joules_per_sample == pytest.approx(e.total_j / 3)
+    assert e.joules_per_token == pytest.approx(e.total_j / 9)
+    assert e.mean_power_w == pytest.approx(100.0, rel=0.02)  # reads bracket the timing stamps closely
+    assert e.idle_power_w == pytest.approx(100.0, rel=0.02)  # reported beside, not subtracted
+    assert all(r.energy_j == pytest.approx(100 * r.latency_s, rel=0.02) for r in m.batches)
+
+
+def test_progress_only_when_asked_or_on_a_terminal(capsys):
+    samples = synthetic_samples("synthetic-coco", 2)
+    measure(SleepingBackend(slow_calls=0), samples, max_new_tokens=1, warmup=0, count_flops=False)
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a TTY
+    measure(SleepingBackend(slow_calls=0), samples, max_new_tokens=1, warmup=0, count_flops=False, progress=True)
+    err = capsys.readouterr().err
+    assert "measure: 1/2 samples" in err and "measure: 2/2 samples" in err and "ETA" in err
 
 
 def test_task_budget_and_stop_strings_apply_to_every_metric():

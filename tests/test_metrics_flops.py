@@ -13,7 +13,7 @@ from llava_accel.models.architecture import load_config
 from llava_accel.tasks import synthetic_samples
 
 
-def closed_form_prefill(cfg, seq_len: int, logits: str = "all") -> int:
+def closed_form_prefill(cfg, seq_len: int, logits: str = "all", image_size: int | None = None) -> int:
     """Per sample, 2 FLOPs per multiply-add; matmuls, convolution and attention only.
 
     vision (CLIP, N = patches + CLS positions, every layer runs):
@@ -25,7 +25,7 @@ def closed_form_prefill(cfg, seq_len: int, logits: str = "all") -> int:
     """
     v, t = cfg.vision_config, cfg.text_config
     hv, iv, p = v.hidden_size, v.intermediate_size, v.patch_size
-    patches = (v.image_size // p) ** 2
+    patches = ((image_size or v.image_size) // p) ** 2
     n = patches + 1
     vision = 2 * hv * patches * 3 * p * p + v.num_hidden_layers * (8 * n * hv * hv + 4 * n * n * hv + 4 * n * hv * iv)
     ht, it, nh, hd, nkv = t.hidden_size, t.intermediate_size, t.num_attention_heads, t.head_dim, t.num_key_value_heads
@@ -110,6 +110,15 @@ def test_flop_model_on_meta_equals_closed_form_for_any_shape():
     # decode of n tokens: n - 1 steps at cache S, S+1, ..., S+n-2
     assert model.decode(80, 5, 2) == 2 * sum(closed_form_decode_step(cfg, 80 + k) for k in range(4))
     assert model.decode(80, 1) == 0
+
+
+def test_another_image_size_interpolates_and_counts_its_tokens():
+    """img_size 32 on the 64-px tiny model: 16 patches instead of 64 (CLIP interpolates its positions)."""
+    cfg = load_config(la.DEFAULT_MODEL)
+    model = F.FlopModel.fit(cfg, (32, 32), logits="all")
+    assert model.base_len == 16 + 1
+    assert model.prefill(40, 2) == 2 * closed_form_prefill(cfg, 40, "all", image_size=32)
+    assert F.architecture_flops(cfg, 1, 10, image_size=32)["sequence_length"] == 26
 
 
 def test_meta_twin_uses_eager_attention_and_is_cached():

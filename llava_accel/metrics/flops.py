@@ -23,6 +23,8 @@ from typing import Any, Iterator
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..image_size import enable_any_image_size, native_image_size
+
 aten = torch.ops.aten
 
 
@@ -133,13 +135,12 @@ def count_generation(model, input_ids: torch.Tensor, pixel_values: torch.Tensor,
     if logits not in ("all", "last"):
         raise ValueError(f"logits must be 'all' or 'last', not {logits!r}")
     kw = _cache_kw(model)
-    extra = {}
-    if pixel_values.shape[-1] != model.config.vision_config.image_size:
-        extra["interpolate_pos_encoding"] = True
+    if tuple(pixel_values.shape[-2:]) != (native_image_size(model.config),) * 2:
+        enable_any_image_size(model)  # as backends do for another img_size (works on transformers 5.17 too)
     batch = input_ids.shape[0]
     with torch.inference_mode(), _meta_safe(model):
         prefill, out = _count(model, input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                              use_cache=True, logits_to_keep=1 if logits == "last" else 0, **extra)
+                              use_cache=True, logits_to_keep=1 if logits == "last" else 0)
         steps = []
         for _ in range(2):
             if attention_mask is not None:
@@ -194,13 +195,8 @@ class FlopModel:
 
     @classmethod
     def fit(cls, config, image_size: tuple[int, int], logits: str = "last") -> "FlopModel":
-        model = meta_twin(config)
-        base = image_tokens(config, image_size[0]) + 1
-        counts = [count_generation(model, **meta_inputs(1, base + k, image_size), logits=logits) for k in range(3)]
-        p = [c.prefill for c in counts]
-        d = counts[0]
-        return cls(base, p[0], p[1] - p[0], p[2] - 2 * p[1] + p[0], d.decode_at_prompt,
-                   d.decode_at_prompt_plus_1 - d.decode_at_prompt, logits)
+        """Counted once per (architecture, image size, logits) and process: sweeps measure the same model often."""
+        return _fit(config.to_json_string(use_diff=False), tuple(image_size), logits)
 
     def prefill(self, seq_len: int, batch: int = 1) -> int:
         k = seq_len - self.base_len
@@ -220,11 +216,22 @@ class FlopModel:
         return (steps - 1) * self.decode_step(seq_len + (steps - 2) / 2, batch)
 
 
+@functools.lru_cache(maxsize=32)
+def _fit(config_json: str, image_size: tuple[int, int], logits: str) -> FlopModel:
+    model = _meta_twin(config_json)
+    base = image_tokens(model.config, image_size[0]) + 1
+    counts = [count_generation(model, **meta_inputs(1, base + k, image_size), logits=logits) for k in range(3)]
+    p = [c.prefill for c in counts]
+    d = counts[0]
+    return FlopModel(base, p[0], p[1] - p[0], p[2] - 2 * p[1] + p[0], d.decode_at_prompt,
+                     d.decode_at_prompt_plus_1 - d.decode_at_prompt, logits)
+
+
 def architecture_flops(config, batch_size: int, text_tokens: int, logits: str = "all",
                        image_size: int | None = None) -> dict[str, Any]:
     """Direct count on the meta device for one prompt shape: what ``llava-accel flops`` prints."""
-    size = image_size or config.vision_config.image_size
-    n_image = image_tokens(config, size)  # another size than the configured one interpolates CLIP's positions
+    size = image_size or native_image_size(config)
+    n_image = image_tokens(config, size)  # another size than the native one interpolates CLIP's positions
     model = meta_twin(config)
     seq_len = n_image + text_tokens
     counts = count_generation(model, **meta_inputs(batch_size, seq_len, (size, size)), logits=logits)
