@@ -61,7 +61,7 @@ def fake_load(point):
     return object()
 
 
-def fake_samples(task, limit, seed):
+def fake_samples(task, limit, seed, source):
     return [f"{task}/{seed}/{i}" for i in range(limit or 4)]
 
 
@@ -91,6 +91,12 @@ def test_shared_point_is_measured_once_and_labelled_with_both_grids(tmp_path):
     assert grids[(4, None)] == ["a", "c"] and grids[(4, 1)] == ["b"] and len(points) == 4
 
 
+def test_grid_names_are_the_grids_own(tmp_path):
+    spec = parse_spec({"name": "study", "backends": "cpu", "tasks": "t", "batch_sizes": 1,
+                       "grid": [{}, {"name": "b", "batch_sizes": 2}], "profile": {"batch_sizes": [1]}})
+    assert spec.name == "study" and spec.grid_names() == ["grid 1", "b", "per-layer profile"]
+
+
 def test_available_expands_to_the_backends_that_can_run(tmp_path):
     spec = parse_spec({"backends": "available", "tasks": "synthetic-coco", "batch_sizes": 1})
     assert sorted(p.backend for p, _ in spec.points(["cpu", "eager"])) == ["cpu", "eager"]
@@ -107,6 +113,7 @@ def test_available_expands_to_the_backends_that_can_run(tmp_path):
     ("backends=['cpu']\ntasks=['synthetic-coco']\n[[grid]]\nbatch_sizes=[1]\nmax_input_len=[5]\n", "max_input_len"),
     ("backends=['cpu']\ntasks=['synthetic-coco']\nbatch_sizes=[1]\n[profile]\nrepeats=2\n", "batch_sizes"),
     ("backends=['cpu']\ntasks=['synthetic-coco']\nbatch_sizes=[1]\nbackend_options={cpu=3}\n", "backend_options"),
+    ("backends=['cpu']\ntasks=['textvqa']\nbatch_sizes=[1]\ntask_sources={textvqa=3}\n", "task_sources"),
     ("backends=['cpu'\n", "invalid TOML"),
 ])
 def test_bad_spec_is_one_line_naming_the_field(tmp_path, capsys, text, field):
@@ -203,6 +210,25 @@ def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert all(r["status"] == "ok" for r in store.latest().values()) and len(store.latest()) == 8
 
 
+def test_ctrl_c_stops_the_sweep_and_keeps_what_finished(tmp_path):
+    spec = load_spec(write(tmp_path, SPEC))
+    fake = FakeMeasure(fail={4: KeyboardInterrupt()})
+    logs = []
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, tmp_path / "out", load=fake_load, samples=fake_samples, measure=fake, log=logs.append)
+    done = read_records(tmp_path / "out" / "results.jsonl")[0]
+    assert [r["point"]["batch_size"] for r in done] == [1, 2] and "rerun the same command" in logs[-1]
+
+
+def test_task_sources_reach_the_loader(tmp_path):
+    spec = parse_spec({"backends": "cpu", "tasks": ["textvqa", "synthetic-coco"], "batch_sizes": 1,
+                       "task_sources": {"textvqa": "/data/textvqa"}})
+    seen = []
+    run_sweep(spec, tmp_path / "out", load=fake_load, measure=FakeMeasure(), log=lambda s: None,
+              samples=lambda task, limit, seed, source: seen.append((task, source)) or [1])
+    assert sorted(seen) == [("synthetic-coco", None), ("textvqa", "/data/textvqa")]
+
+
 def test_backend_that_fails_to_load_fails_its_points_only(tmp_path):
     from llava_accel.errors import BackendUnavailableError
 
@@ -236,7 +262,7 @@ def measure(backend, point, samples):
     return {"latency": {"per_batch_s": {"mean": point.batch_size}}, "n_samples": len(samples)}
 
 run_sweep(load_spec(spec), out, measure=measure, load=lambda p: object(),
-          samples=lambda t, limit, seed: list(range(limit or 4)), log=lambda s: None)
+          samples=lambda t, limit, seed, source: list(range(limit or 4)), log=lambda s: None)
 """
 
 

@@ -401,3 +401,87 @@ def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_model()}, {torch.get_num_threads()} threads"
+
+
+# -- the reference study's claims, answered with numbers --------------------------------------------------------
+HEAVY_SHARE = 0.05  # a part is "heavy" above this share of the prefill forward
+LINEAR_R2 = 0.98  # time = a + b x batch "fits" at or above this R²
+COMPONENTS = (("prefill", "vision", "vision tower"), ("prefill", "projector", "projector"),
+              ("prefill", "language", "language model (prefill)"), ("prefill", "lm_head", "LM head (prefill)"),
+              ("decode", "language", "language model (one decode step)"))
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms"
+
+
+def answer_claims(profiles: Sequence[LayerProfile]) -> list[str]:
+    """Markdown paragraphs answering the reference study's three prose claims from measured profiles."""
+    groups: dict[tuple, list[LayerProfile]] = {}
+    for p in profiles:
+        b = p.backend
+        groups.setdefault((b.get("backend"), b.get("device"), b.get("dtype"), b.get("model")), []).append(p)
+    out = []
+    for (backend, device, dtype, model), group in groups.items():
+        group = sorted(group, key=lambda p: p.image_tokens)
+        base = group[-1]
+        out.append(f"**{backend} on {device} ({dtype}), {model}** [{base.backend.get('weights')}], "
+                   f"{base.machine}:")
+        out += [_conv_claim(base), _batch_claim(base), _image_claim(group)]
+    return out
+
+
+def _conv_claim(p: LayerProfile) -> str:
+    pre = p.phase("prefill")
+    names = {x.name: x for x in pre.parts}
+    conv = names.get("vision.patch_embedding")
+    if conv is None:
+        return "- *Is the convolution heavy?* No patch-embedding convolution was profiled."
+    layers = [x for x in pre.parts if x.kind == "vision layer"]
+    lines = []
+    for i, b in enumerate(p.batch_sizes):
+        share, fshare = conv.seconds[i] / pre.whole_s[i], conv.flops[i] / pre.flops[i] if pre.flops[i] else 0.0
+        layer = statistics.fmean(x.seconds[i] for x in layers) if layers else float("nan")
+        lines.append(f"batch {b}: {_ms(conv.seconds[i])} = {share:.1%} of the prefill "
+                     f"({conv.flops[i] / 1e9:.3g} GFLOP = {fshare:.1%} of its FLOPs; "
+                     f"{conv.seconds[i] / layer:.2g}x one vision layer)")
+    typical = statistics.median(conv.seconds[i] / pre.whole_s[i] for i in range(len(p.batch_sizes)))
+    verdict = (("Heavy" if typical >= HEAVY_SHARE else "Not heavy")
+               + f": its median share over the batch sizes is {typical:.1%} (heavy: above {HEAVY_SHARE:.0%})")
+    return f"- *Is the convolution heavy?* {verdict}. " + "; ".join(lines) + "."
+
+
+def _batch_claim(p: LayerProfile) -> str:
+    if len(p.batch_sizes) < 2:
+        return "- *Does each part scale linearly with batch?* Needs 2 or more batch sizes."
+    b0, b1 = p.batch_sizes[0], p.batch_sizes[-1]
+    lines = []
+    for phase, name, label in COMPONENTS:
+        part = next((x for x in p.phase(phase).parts if x.name == name), None)
+        if part is None or part.fit is None:
+            continue
+        fit, t0, t1 = part.fit, part.seconds[0], part.seconds[-1]
+        linear = "linear" if fit.r2 >= LINEAR_R2 else "not linear"
+        lines.append(f"{label}: {_ms(t0)} at batch {b0}, {_ms(t1)} at batch {b1} ({t1 / t0:.2g}x time for "
+                     f"{b1 / b0:.2g}x samples); fit a = {_ms(fit.a_s)}, b = {_ms(fit.b_s)}/sample, "
+                     f"R² = {fit.r2:.3f}: {linear}")
+    return (f"- *Does each part scale linearly with batch?* (linear: R² ≥ {LINEAR_R2}; a > 0 is a fixed cost that "
+            "batching spreads over the samples) " + "; ".join(lines) + ".")
+
+
+def _image_claim(group: Sequence[LayerProfile]) -> str:
+    if len({p.image_tokens for p in group}) < 2:
+        return ("- *What does the image size change?* Not measured here (one image size); profile at several "
+                "(`img_sizes` in the spec's [profile] table, or `llava-accel profile --img-size N`).")
+    lines = []
+    i = len(group[0].batch_sizes) - 1
+    for p in group:
+        pre = p.phase("prefill")
+        vision = next((x for x in pre.parts if x.name == "vision"), None)
+        side = f"{p.img_size} px" if p.img_size else "native size"
+        lines.append(f"{side}: {p.image_tokens} image tokens, prompt {pre.tokens[i]} tokens, vision tower "
+                     f"{_ms(vision.seconds[i]) if vision else 'n/a'}, prefill {_ms(pre.whole_s[i])} "
+                     f"({pre.flops[i] / 1e9:.4g} GFLOP), decode step {_ms(p.phase('decode').whole_s[i])}")
+    b = group[0].batch_sizes[i]
+    return (f"- *What does the image size change?* The number of image tokens, and with it the prefill and every "
+            f"decode step's attention; at batch {b}: " + "; ".join(lines) + ".")

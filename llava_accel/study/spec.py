@@ -27,10 +27,13 @@ DIMENSIONS = {"backends": "names", "devices": "names", "dtypes": "names", "tasks
               "batch_sizes": "ints", "max_input_lens": "ints", "img_sizes": "ints"}
 SCALARS = {"name": str, "model": str, "limit": int, "repetitions": int, "max_new_tokens": int, "warmup": int,
            "seed": int}
-TABLES = ("backend_options", "measure_options")  # passed through: backend name -> load options; measure() kwargs
+# passed through: backend name -> load options; measure() keyword arguments; task name -> data source (a hub id,
+# a datasets.save_to_disk folder or a plain samples.jsonl folder, see docs/tasks.md)
+TABLES = ("backend_options", "measure_options", "task_sources")
 PROFILE_FIELDS = {"backends": "names", "devices": "names", "dtypes": "names", "batch_sizes": "ints",
                   "img_sizes": "ints", "task": str, "repeats": int}
-AVAILABLE = "available"  # backends = "available": every backend that can run on this machine when the sweep starts
+AVAILABLE = "available"
+PROFILE_GRID = "per-layer profile"  # backends = "available": every backend that can run on this machine when the sweep starts
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Point:
     warmup: int = 2
     backend_options: dict = field(default_factory=dict, hash=False)
     measure_options: dict = field(default_factory=dict, hash=False)
+    source: str | None = None  # where the task's data is read from (None: its default)
     kind: str = "measure"
 
     @property
@@ -83,6 +87,7 @@ class ProfilePoint:
     repeats: int
     seed: int
     backend_options: dict = field(default_factory=dict, hash=False)
+    source: str | None = None
     kind: str = "profile"
 
     @property
@@ -110,17 +115,21 @@ class SweepSpec:
     grids: list[dict[str, Any]]  # each already merged with the defaults; "name" labels the study's table
     profile: dict[str, Any] | None = None
 
+    def grid_names(self) -> list[str]:
+        """The grids' names in spec order (a report lays its tables out in this order)."""
+        return [g.get("name") or f"grid {i + 1}" for i, g in enumerate(self.grids)] + (
+            [PROFILE_GRID] if self.profile is not None else [])
+
     def points(self, available_backends: list[str]) -> list[tuple[Point | ProfilePoint, list[str]]]:
         """Every configuration once, with the names of the grids it belongs to, in an order that loads each
         backend once and runs batch sizes upwards (so an out-of-memory batch size stops the larger ones)."""
         found: dict[str, tuple[Point | ProfilePoint, list[str]]] = {}
-        for i, grid in enumerate(self.grids):
-            label = grid.get("name") or f"grid {i + 1}"
+        for grid, label in zip(self.grids, self.grid_names()):
             for point in _expand(grid, available_backends):
                 found.setdefault(point.key, (point, []))[1].append(label)
         if self.profile is not None:
             for point in _expand_profile(self.profile, self.defaults, available_backends):
-                found.setdefault(point.key, (point, []))[1].append("per-layer profile")
+                found.setdefault(point.key, (point, []))[1].append(PROFILE_GRID)
         return sorted(found.values(), key=lambda pg: _order(pg[0]))
 
 
@@ -154,16 +163,18 @@ def _expand(grid: dict[str, Any], available: list[str]) -> list[Point]:
                             max_new_tokens=grid.get("max_new_tokens"), seed=grid.get("seed", 0), repetition=rep,
                             warmup=grid.get("warmup", 2),
                             backend_options=grid.get("backend_options", {}).get(backend, {}),
-                            measure_options=grid.get("measure_options", {})))
+                            measure_options=grid.get("measure_options", {}),
+                            source=grid.get("task_sources", {}).get(task)))
     return points
 
 
 def _expand_profile(prof: dict[str, Any], defaults: dict[str, Any], available: list[str]) -> list[ProfilePoint]:
     backends = _backends(prof.get("backends") or defaults.get("backends") or [], available)
-    return [ProfilePoint(model=defaults.get("model"), backend=b, device=dev, dtype=dt,
-                         task=prof.get("task", "synthetic-textvqa"), batch_sizes=tuple(prof["batch_sizes"]),
-                         img_size=img, repeats=prof.get("repeats", 5), seed=defaults.get("seed", 0),
-                         backend_options=defaults.get("backend_options", {}).get(b, {}))
+    task = prof.get("task", "synthetic-textvqa")
+    return [ProfilePoint(model=defaults.get("model"), backend=b, device=dev, dtype=dt, task=task,
+                         batch_sizes=tuple(prof["batch_sizes"]), img_size=img, repeats=prof.get("repeats", 5),
+                         seed=defaults.get("seed", 0), backend_options=defaults.get("backend_options", {}).get(b, {}),
+                         source=defaults.get("task_sources", {}).get(task))
             for b in backends for dev in _dim(prof, "devices") for dt in _dim(prof, "dtypes")
             for img in _dim(prof, "img_sizes")]
 
@@ -215,7 +226,8 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> SweepSpec:
     for i, raw in enumerate(grids_raw):
         where = f"{source} [[grid]] #{i + 1}"
         _check_fields(raw, known - {"grid", "profile"}, where)
-        grid = {**defaults, **{k: _value(k, v, where) for k, v in raw.items()}}
+        inherited = {k: v for k, v in defaults.items() if k != "name"}  # the study's name is not the grid's
+        grid = {**inherited, **{k: _value(k, v, where) for k, v in raw.items()}}
         for required in ("backends", "tasks", "batch_sizes"):
             if not grid.get(required):
                 raise SpecError(f"{where}: missing field '{required}' (set it at the top level or in the grid)")
@@ -253,9 +265,10 @@ def _value(key: str, value: Any, where: str) -> Any:
         return _list(key, value, DIMENSIONS[key], where)
     if key in SCALARS:
         return _scalar(key, value, SCALARS[key], where)
-    if not isinstance(value, dict) or (key == "backend_options" and not all(isinstance(v, dict) for v in value.values())):
-        shape = "a table of backend name -> table of options" if key == "backend_options" else "a table"
-        raise SpecError(f"{where}: field '{key}' must be {shape}")
+    inner = {"backend_options": (dict, "a table of backend name -> table of options"),
+             "task_sources": (str, "a table of task name -> data source (path or hub id)")}.get(key)
+    if not isinstance(value, dict) or (inner and not all(isinstance(v, inner[0]) for v in value.values())):
+        raise SpecError(f"{where}: field '{key}' must be {inner[1] if inner else 'a table'}")
     return value
 
 

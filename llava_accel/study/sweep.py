@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ..distributed import data_parallel, is_main_process, step
 from ..errors import BackendUnavailableError, LlavaAccelError
 from .spec import Point, ProfilePoint, SpecError, SweepSpec
 from .store import OK, ResultStore
@@ -39,12 +40,12 @@ def measure_point(backend: Any, point: Point, samples: list) -> dict[str, Any]:
     """The default measurement of one point: ``la.measure`` on preloaded samples, as a plain dict."""
     from ..measure import measure
 
-    options = dict(point.measure_options)
-    if point.img_size is not None:
-        options["img_size"] = point.img_size
-    result = measure(backend, samples, batch_size=point.batch_size, max_input_len=point.max_input_len,
-                     max_new_tokens=point.max_new_tokens, limit=point.limit, warmup=point.warmup, seed=point.seed,
-                     **options)
+    given = {"max_input_len": point.max_input_len, "max_new_tokens": point.max_new_tokens, "limit": point.limit,
+             "img_size": point.img_size}  # unset: measure()'s own defaults
+    options = {**{k: v for k, v in given.items() if v is not None}, **point.measure_options}
+    result = measure(backend, samples, batch_size=point.batch_size, warmup=point.warmup, seed=point.seed, **options)
+    if result.validity.checks.get("complete") is False:  # Ctrl-C inside measure(): stop, do not record a partial point
+        raise KeyboardInterrupt
     return result.to_dict()
 
 
@@ -62,10 +63,10 @@ def load_point_backend(point: Point | ProfilePoint) -> Any:
     return load_backend(point.backend, model=point.model, **options, **point.backend_options)
 
 
-def load_samples(task: str, limit: int | None, seed: int) -> list:
+def load_samples(task: str, limit: int | None, seed: int, source: str | None) -> list:
     from ..tasks import load_task
 
-    return load_task(task, limit=limit, seed=seed)
+    return load_task(task, limit=limit, seed=seed, source=source)
 
 
 @dataclass
@@ -103,17 +104,23 @@ class _Loaded:
 def run_sweep(spec: SweepSpec, out_dir: str | Path, retry_failed: bool = False, dry_run: bool = False,
               log: Callable[[str], None] = print, measure: Callable[..., dict] = measure_point,
               profile: Callable[..., dict] = profile_point, load: Callable[[Any], Any] = load_point_backend,
-              samples: Callable[[str, int | None, int], list] = load_samples) -> SweepSummary:
+              samples: Callable[[str, int | None, int, str | None], list] = load_samples) -> SweepSummary:
     """Measure every point of ``spec`` not yet in ``out_dir/results.jsonl``. The callables are seams for tests."""
     points = spec.points(_available_backends(spec))
     _check_models({p.model for p, _ in points})
     out = Path(out_dir)
-    store = ResultStore(out / RESULTS)
+    # under `accelerate launch` every process measures each point data parallel; the main one keeps the file
+    dp, main = data_parallel(), is_main_process()
+    log = log if main else _quiet
+    store = ResultStore(out / RESULTS) if main else _Unwritten(out / RESULTS)
     if store.dropped_bytes:
         log(f"dropped a torn last line ({store.dropped_bytes} bytes) left by an interrupted run; that point runs again")
-    _keep_spec(spec, out)
+    if main:
+        _keep_spec(spec, out)
     done = store.latest()
     todo = [(p, g) for p, g in points if p.key not in done or (retry_failed and done[p.key].get("status") != OK)]
+    if dp:  # the main process's plan, from its results file: every process runs the same points in the same order
+        todo = dp.exchange(todo, "planning the sweep")[0]
     summary = SweepSummary(total=len(points), skipped=len(points) - len(todo), results=str(store.path))
     failed_before = sum(1 for p, _ in points if p.key in done and done[p.key].get("status") != OK)
     log(f"sweep '{spec.name}': {len(points)} points, {summary.skipped} already in {store.path}, {len(todo)} to run"
@@ -133,7 +140,8 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, retry_failed: bool = False, 
             log(f"[{summary.skipped + i + 1}/{summary.total}] {point.label()} ...")
             t0 = time.monotonic()
             record = _run_point(point, loaded, data, oom_at, measure, profile, samples)
-            record.update(grids=grids, sweep=spec.name, elapsed_s=round(time.monotonic() - t0, 3))
+            record.update(grids=grids, grid_order=spec.grid_names(), sweep=spec.name,
+                          elapsed_s=round(time.monotonic() - t0, 3))
             store.append(record)
             summary.ran += 1
             summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
@@ -141,6 +149,10 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, retry_failed: bool = False, 
             status = record["status"] if record["status"] == OK else f"{record['status']}: {record['error']}"
             log(f"    {status} ({record['elapsed_s']:.1f} s); {summary.skipped + i + 1}/{summary.total} done, "
                 f"ETA {_duration(eta)}")
+    except KeyboardInterrupt:
+        log(f"interrupted: {summary.skipped + summary.ran} of {summary.total} points are in {store.path}; "
+            "rerun the same command to continue")
+        raise
     finally:
         loaded.release()
     return summary
@@ -156,11 +168,12 @@ def _run_point(point: Point | ProfilePoint, loaded: _Loaded, data: dict, oom_at:
         record.update(status=OOM, error=f"not run: batch size {oom_at[shape]} already ran out of memory")
         return record
     try:
-        backend = loaded.get(point)
-        limit = point.limit if isinstance(point, Point) else max(point.batch_sizes)
-        data_key = (point.task, limit, point.seed)
-        if data_key not in data:
-            data[data_key] = samples(point.task, limit, point.seed)
+        with step(f"loading {point.label()}"):  # a process that cannot load fails the point on every process
+            backend = loaded.get(point)
+            limit = point.limit if isinstance(point, Point) else max(point.batch_sizes)
+            data_key = (point.task, limit, point.seed, point.source)
+            if data_key not in data:
+                data[data_key] = samples(*data_key)
         run = measure if isinstance(point, Point) else profile
         record["result"] = run(backend, point, data[data_key])
     except KeyboardInterrupt:
@@ -175,6 +188,25 @@ def _run_point(point: Point | ProfilePoint, loaded: _Loaded, data: dict, oom_at:
             record["traceback"] = traceback.format_exc(limit=-8)
         _free_device_memory()
     return record
+
+
+class _Unwritten:
+    """The results file as seen by a data-parallel process other than the main one: nothing read, nothing written."""
+
+    dropped_bytes = 0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def append(self, record: dict[str, Any]) -> None:
+        pass
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def _shape(point: Point | ProfilePoint) -> tuple:
