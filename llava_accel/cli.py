@@ -206,10 +206,38 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--energy-budget", type=float, default=None, help="joules per sample: recommend a configuration")
 
 
+def cmd_eagle_train(args: argparse.Namespace) -> int:
+    from .eagle.train import TrainConfig, train_head
+
+    given = {"tasks": args.task.split(",") if args.task else None, "samples_per_task": args.samples,
+             "epochs": args.epochs, "lr": args.lr, "max_new_tokens": args.max_new_tokens, "device": args.device,
+             "dtype": args.dtype, "split": args.split, "source": args.source}
+    result = train_head(args.model, args.out, TrainConfig(**{k: v for k, v in given.items() if v is not None}))
+    print(f"EAGLE head written to {result.out_dir}: {result.examples} examples, {result.steps} steps in "
+          f"{result.seconds:.0f} s; last epoch: loss {result.loss:.4f}, top-1 agreement {result.top1:.3f}")
+    return 0
+
+
+def _add_eagle_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="target: hub id or local folder (default: the embedded tiny model)")
+    p.add_argument("--task", default=None, help="task(s) whose prompts the target answers, comma-separated "
+                                                "(default: the three synthetic tasks)")
+    p.add_argument("--out", required=True, help="folder for the head (model.safetensors + eagle_head.json)")
+    p.add_argument("--samples", type=int, default=None, help="samples per task (default 256)")
+    p.add_argument("--epochs", type=int, default=None, help="default 20")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer budget while collecting (default 32)")
+    p.add_argument("--device", default=None, help="device of the target and the head (default cpu)")
+    p.add_argument("--dtype", default=None, help="dtype of the target while collecting (default float32)")
+    p.add_argument("--split", default=None, help="a named task's split (train on another than you benchmark on)")
+    p.add_argument("--source", default=None, help="a named task's data folder or hub id (see load_task)")
+
+
 # name -> (function, help, adds the command's arguments). A new subcommand is one function and one row here.
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]] = {
     "backends": (cmd_backends, "list the backends and whether each can run here", lambda p: None),
     "generate": (cmd_generate, "answer one prompt about one image", _add_generate_args),
+    "eagle-train": (cmd_eagle_train, "train an EAGLE draft head for a model", _add_eagle_train_args),
     "measure": (cmd_measure, "quality, latency, energy, FLOPs and memory of a backend on a task", _add_measure_args),
     "flops": (cmd_flops, "FLOPs of an architecture for one prompt shape, without weights (JSON)", _add_flops_args),
     "profile": (cmd_profile, "time and FLOPs of every layer, prefill and decode, per batch size", _add_profile_args),

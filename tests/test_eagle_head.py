@@ -6,7 +6,7 @@ import torch
 
 import llava_accel as la
 from llava_accel.eagle.head import DEFAULT_HEAD, HeadConfig, HeadError, fingerprint, load_head, new_head, save_head
-from llava_accel.eagle.train import Example, TrainConfig, _batch, eagle_loss, train_head
+from llava_accel.eagle.train import Example, _batch, eagle_loss
 from llava_accel.models.tiny import build_tiny_llava
 from llava_accel.tasks import synthetic_samples
 
@@ -93,12 +93,22 @@ def test_loss_of_a_perfect_prediction_is_the_target_entropy():
     assert loss.item() == pytest.approx(0.1 * entropy.item(), rel=1e-5) and top1.item() == 1.0
 
 
-def test_trainer_writes_a_head_for_its_target(tmp_path):
-    config = TrainConfig(tasks=["synthetic-coco"], samples_per_task=6, epochs=2, batch_size=3, generate_batch=6,
-                         max_new_tokens=8, warmup_steps=1)
-    result = train_head(None, tmp_path, config, log=lambda line: None)
-    assert result.examples == 6 and result.steps == 4 and result.loss > 0 and 0 <= result.top1 <= 1
+def test_trainer_writes_a_head_for_its_target(tmp_path, capsys):
+    from llava_accel.cli import main
+
+    code = main(["eagle-train", "--out", str(tmp_path), "--task", "synthetic-coco", "--samples", "6", "--epochs", "2",
+                 "--max-new-tokens", "8"])
+    assert code == 0 and "6 examples, 2 steps" in capsys.readouterr().out
     backend = la.load_backend("eagle", device="cpu", dtype="float32", head=str(tmp_path))
-    assert backend.head_config.target == "default" and backend.head_config.training["tasks"] == ["synthetic-coco"]
+    training = backend.head_config.training
+    assert backend.head_config.target == "default" and training["tasks"] == ["synthetic-coco"]
+    assert training["examples"] == 6 and training["loss"] > 0 and 0 <= training["top1"] <= 1
     sample = synthetic_samples("synthetic-coco", 1, seed=2)[0]
     assert backend.generate([sample.image], [sample.prompt], max_new_tokens=4)[0].token_ids
+
+
+def test_trainer_rejects_unknown_task_before_loading(capsys):
+    from llava_accel.cli import main
+
+    assert main(["eagle-train", "--out", "unused", "--task", "synthetic-coco,nope"]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err

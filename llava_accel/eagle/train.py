@@ -30,7 +30,9 @@ from .head import EagleHead, HeadConfig, fingerprint, new_head, save_head, targe
 class TrainConfig:
     tasks: list[str] = field(default_factory=lambda: sorted(SYNTHETIC_TASKS))
     samples_per_task: int = 256
-    data_seed: int = 1000  # task seed of the training prompts (tests and benchmarks use small seeds)
+    data_seed: int = 1000  # seed of synthetic training prompts (tests and benchmarks use small seeds)
+    source: str | None = None  # where a named task's data lives (see load_task); None: its default
+    split: str | None = None  # a named task's split: train on another split than the one you benchmark on
     max_new_tokens: int = 32
     generate_batch: int = 16
     epochs: int = 20
@@ -128,9 +130,9 @@ def train_head(model: str | None, out_dir: str | Path, config: TrainConfig | Non
 
     config = config or TrainConfig()
     t0 = time.perf_counter()
+    samples = [s for task in config.tasks  # bad task names fail before the model loads
+               for s in load_task(task, config.split, config.samples_per_task, config.source, config.data_seed)]
     backend = load_backend("eager", model=model, device=config.device, dtype=config.dtype)
-    samples = [s for task in config.tasks
-               for s in load_task(task, limit=config.samples_per_task, seed=config.data_seed)]
     examples = collect(backend, samples, config.max_new_tokens, config.generate_batch)
     log(f"collected {len(examples)} examples in {time.perf_counter() - t0:.0f} s")
 
