@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Callable
 
+from .distributed import is_main_process, process_tag
 from .errors import LlavaAccelError
 
 
@@ -34,8 +35,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _backend_options(args: argparse.Namespace) -> dict:
     options = {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("attention", args.attention),
-                                 ("quantize", args.quantize)) if v is not None}
+                                 ("quantize", args.quantize), ("device_map", args.device_map),
+                                 ("max_memory", args.max_memory and _max_memory(args.max_memory)),
+                                 ("offload_folder", args.offload_folder)) if v is not None}
     return {**options, "quantize_vision": True} if args.quantize_vision else options
+
+
+def _max_memory(text: str) -> dict:
+    """'0=7GiB,1=7GiB,cpu=30GiB' -> {0: '7GiB', 1: '7GiB', 'cpu': '30GiB'} (accelerate's max_memory)."""
+    memory: dict = {}
+    for item in text.split(","):
+        key, _, value = (part.strip() for part in item.partition("="))
+        if not key or not value:
+            raise LlavaAccelError(f"--max-memory takes DEVICE=SIZE pairs like 0=7GiB,1=7GiB,cpu=30GiB; got '{text}'")
+        memory[int(key) if key.isdigit() else key] = value
+    return memory
 
 
 def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = "cpu") -> None:
@@ -47,6 +61,11 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
     p.add_argument("--quantize", default=None, help="quantised weights: int8, int8-dynamic (CPU), int4 (see "
                                                     "docs/backends.md)")
     p.add_argument("--quantize-vision", action="store_true", help="quantise the vision tower and projector too")
+    p.add_argument("--device-map", default=None, help="spread the model over the GPUs, then the CPU, then disk "
+                                                      "(accelerate big-model inference): auto, balanced, sequential; "
+                                                      "see docs/scaling.md")
+    p.add_argument("--max-memory", default=None, help="with --device-map: memory per device, like 0=7GiB,1=7GiB,cpu=30GiB")
+    p.add_argument("--offload-folder", default=None, help="with --device-map: folder for weights that fit on no device")
 
 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
@@ -61,7 +80,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .study.sweep import run_sweep
 
     summary = run_sweep(load_spec(args.spec), args.out, retry_failed=args.retry_failed, dry_run=args.dry_run)
-    if not args.dry_run:
+    if not args.dry_run and is_main_process():
         counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new"
         print(f"done: {counts}; {summary.skipped} were already done; results in {summary.results}")
     return 0
@@ -137,9 +156,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
         reference = run(load_backend(args.backend, model=args.model, **unquantized), count_flops=False)
     backend = load_backend(args.backend, model=args.model, **options)
     result = run(backend, count_flops=not args.no_flops, checkpoint=args.json, reference=reference)
-    print(result)
-    if args.json:
-        print(f"wrote {args.json}", file=sys.stderr)
+    if is_main_process():  # under `accelerate launch` every process holds the same result: one prints it
+        print(result)
+        if args.json:
+            print(f"wrote {args.json}", file=sys.stderr)
     return 130 if not result.validity.checks.get("complete", True) else 0
 
 
@@ -264,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except LlavaAccelError as exc:
-        print(f"llava-accel: error: {exc}", file=sys.stderr)
+        print(f"llava-accel: error{process_tag()}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("llava-accel: interrupted", file=sys.stderr)

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from . import distributed
 from .errors import DatasetError
 from .metrics import environment
 from .metrics.drift import compare
@@ -70,40 +71,58 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
         "max_new_tokens": budget, "fixed_new_tokens": fixed_new_tokens, "limit": limit, "warmup": warmup,
         "seed": seed, "count_flops": count_flops, "flop_counter": flop_counter,
         "min_timed_batches": min_timed_batches, "max_cv": max_cv, "started_at": started.isoformat(timespec="seconds")}
+    dp = distributed.data_parallel()  # None unless started by `accelerate launch` with several processes
+    if dp:  # whole batches, so each is the batch one process would run: the same predictions (docs/scaling.md)
+        run.config["data_parallel"] = dp.describe()
+        run.batches = dp.shard(run.batches)
+        checkpoint = checkpoint if dp.is_main else None
     run.memory = MemoryTracker(backend.device)
     run.meter = open_meter(backend.device)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main_process()
+    error, timing = None, False
     try:
-        run.idle_w = idle_power(run.meter, idle_seconds) if run.meter.measured and idle_seconds > 0 else None
-        for i in range(warmup):
-            run.generate(run.batches[i % len(run.batches)], streamer=None)
-        getattr(backend, "reset_stats", lambda: None)()  # backend-reported counters cover the timed batches only
-        last_checkpoint = time.monotonic()
+        with distributed.step("warm-up"):  # a process that cannot start fails them all now, not at the end
+            run.idle_w = idle_power(run.meter, idle_seconds) if run.meter.measured and idle_seconds > 0 else None
+            for i in range(warmup if run.batches else 0):
+                run.generate(run.batches[i % len(run.batches)], streamer=None)
+            getattr(backend, "reset_stats", lambda: None)()  # backend-reported counters cover the timed batches only
+        timing = True
+        last_checkpoint, total = time.monotonic(), sum(map(len, run.batches))
         for batch in run.batches:
             run.time_batch(batch)
             if show:
-                _print_progress(run, len(samples))
-            if checkpoint and time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
+                _print_progress(run, total)
+            if checkpoint and not dp and time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
                 run.result(min_timed_batches, max_cv).to_json(checkpoint)
                 last_checkpoint = time.monotonic()
     except KeyboardInterrupt:
         run.interrupted = True
-    except BaseException:
-        if checkpoint and run.records:
-            run.result(min_timed_batches, max_cv).to_json(checkpoint)
-        raise
+    except BaseException as exc:
+        if dp and timing:  # the others are timing or waiting at the gather: report it there, with what was measured
+            error = exc
+        else:
+            if checkpoint and run.records:
+                run.result(min_timed_batches, max_cv).to_json(checkpoint)
+            raise
     finally:
         run.meter.close()
         if show:
             sys.stderr.write("\n")
-    if count_flops and not run.interrupted:
+    if count_flops and not run.interrupted and error is None and run.records:
         run.count_flops(flop_counter)
+    parts = dp.exchange(distributed.part(dp, run, error), "gathering the results") if dp else None
+    if parts:
+        run = distributed.merge(run, parts)
     result = run.result(min_timed_batches, max_cv)
+    if parts:
+        distributed.complete(result, parts)
     result.config["duration_s"] = (datetime.now(timezone.utc) - started).total_seconds()
     if reference is not None:
         result.drift = compare(reference, result)
     if checkpoint:
         result.to_json(checkpoint)
+    if parts:  # after the checkpoint: a failed job keeps what every process measured
+        dp.check([p.error for p in parts], error, "measure")
     return result
 
 
@@ -161,6 +180,7 @@ class _Run:
     interrupted: bool = False
     truncated: list[str] = field(default_factory=list)  # ids of the timed samples whose prompt was cut
     image_tokens: int | None = None  # per image, as run
+    wall_s: float | None = None  # data parallel: the slowest process's timed time (None: the sum of batch latencies)
 
     def __post_init__(self) -> None:
         self.batches = [self.samples[i:i + self.batch_size] for i in range(0, len(self.samples), self.batch_size)]
@@ -262,7 +282,7 @@ class _Run:
 
     def _latency(self) -> LatencyResult:
         full, recs = self._full(), self.records
-        total = sum(r.latency_s for r in recs)
+        total = sum(r.latency_s for r in recs) if self.wall_s is None else self.wall_s
         n = sum(r.size for r in recs)
         return LatencyResult(
             per_batch=summarize([r.latency_s for r in full]), per_sample_s=total / n if n else None,

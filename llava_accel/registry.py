@@ -62,4 +62,5 @@ def load_backend(name: str, model: str | None = None, **options: Any) -> Backend
     reason = cls.unavailable_reason(**{k: v for k, v in options.items() if k in ("device", "dtype", "attention")})
     if reason is not None:
         raise BackendUnavailableError(f"backend '{name}' is not available here: {reason}")
+    cls.check_device_map(options.get("device_map"))  # before __init__: not every backend takes the option
     return cls(model=model, **options)

@@ -91,6 +91,22 @@ class Validity:
 
 
 @dataclass
+class ProcessResult:
+    """One process of a data-parallel run (``accelerate launch``): where it ran and its own figures."""
+
+    rank: int
+    host: str
+    device: str
+    samples: int
+    batches: int
+    latency: LatencyResult  # over its own batches; total_s: its timed time
+    energy: EnergyResult  # from its own meter, with its own source and label
+    memory: MemoryResult
+    backend_stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # why it stopped early
+
+
+@dataclass
 class MeasureResult:
     wer: float | None  # percent; None when no sample has a reference
     native: dict[str, Any]  # the task's own metric (VQA accuracy, CIDEr, letter accuracy), when it has one
@@ -106,6 +122,7 @@ class MeasureResult:
     notes: list[str] = field(default_factory=list)
     drift: Drift | None = None  # from measure(..., reference=...): see llava_accel/metrics/drift.py
     backend_stats: dict[str, Any] = field(default_factory=dict)  # Backend.stats() over the timed batches
+    processes: list[ProcessResult] = field(default_factory=list)  # data parallel: one per process (docs/scaling.md)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,6 +241,10 @@ def format_table(m: MeasureResult) -> str:
         if fl.cross_check:
             rows.append(("FLOP cross-check", json.dumps(fl.cross_check)))
     rows += [(f"backend: {k}", f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in m.backend_stats.items()]
+    rows += [(f"process {p.rank}", f"{p.device} on {p.host}: {p.samples} samples, {p.batches} batches; latency / "
+                                   f"batch p50 {_s(p.latency.per_batch and p.latency.per_batch.p50)}; energy "
+                                   f"{_si(p.energy.total_j, 'J')} ({p.energy.label}: {p.energy.source})"
+                                   + (f"; {p.error}" if p.error else "")) for p in m.processes]
     rows += [
         ("peak device memory", _bytes(mem.device_peak_bytes)),
         ("peak RSS", f"{_bytes(mem.rss_peak_bytes)} ({mem.rss_scope})"),

@@ -14,9 +14,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
-from ..errors import ImageError
+from ..distributed import place
+from ..errors import BackendUnavailableError, ImageError
 from ..image_size import enable_any_image_size, native_image_size
-from ..models.loading import LoadedModel, load_model
+from ..models.loading import LoadedModel, input_device, load_model
 from ..preprocessing import EncodedBatch, ImageInput, encode, load_image
 
 DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -70,19 +71,38 @@ class Backend(ABC):
     default_device: ClassVar[str] = "cuda"
     default_dtype: ClassVar[str] = "float16"
     default_attention: ClassVar[str] = "sdpa"
+    #: why the backend cannot run a model spread over several devices (``device_map``); None when it can
+    device_map_refusal: ClassVar[str | None] = None
 
     def __init__(self, model: str | LoadedModel | None = None, device: str | None = None,
-                 dtype: str | torch.dtype | None = None, attention: str | None = None) -> None:
-        self.device = torch.device(device or self.default_device)
+                 dtype: str | torch.dtype | None = None, attention: str | None = None, device_map: str | None = None,
+                 max_memory: dict | None = None, offload_folder: str | None = None) -> None:
+        """``device_map``, ``max_memory``, ``offload_folder``: a model spread over devices (see ``load_model``);
+        the inputs then go to its main device, which becomes ``self.device``."""
+        self.check_device_map(device_map)
+        self.device = torch.device(place(device or self.default_device))  # 'cuda': this process's GPU
         self.dtype = resolve_dtype(dtype or self.default_dtype)
+        self.device_map = device_map
         attention = attention or self.default_attention
         if isinstance(model, LoadedModel):  # built in memory (random 7B weights for speed runs): shared, not copied
+            if device_map:
+                raise BackendUnavailableError("device_map applies when the backend loads the model from a folder or "
+                                              "hub id, not to a model already in memory")
             model.model.to(self.device, self.dtype).set_attn_implementation(attention)
             self.loaded = model
         else:
-            self.loaded = load_model(model, device=self.device, dtype=self.dtype, attention=attention)
+            self.loaded = load_model(model, device=self.device, dtype=self.dtype, attention=attention,
+                                     device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+            self.device = input_device(self.loaded.model, self.device)
         self.model = self.loaded.model
         self.processor = self.loaded.processor
+
+    @classmethod
+    def check_device_map(cls, device_map: str | None) -> None:
+        """A one-line refusal when ``device_map`` is asked of a backend that needs the whole model on one device."""
+        if device_map is not None and cls.device_map_refusal:
+            raise BackendUnavailableError(f"backend '{cls.name}' cannot use device_map='{device_map}': "
+                                          f"{cls.device_map_refusal}")
 
     # -- what the backend is -------------------------------------------------------------------------------------
     @classmethod
@@ -100,7 +120,18 @@ class Backend(ABC):
         """What ran: resolved settings, so that a result can always be traced back to its configuration."""
         return {"backend": self.name, "model": self.loaded.model_id, "weights": self.loaded.weights,
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "attention": self.attention, "threads": torch.get_num_threads()}
+                "attention": self.attention, "threads": torch.get_num_threads(), **self._placement()}
+
+    def _placement(self) -> dict[str, Any]:
+        """With ``device_map``: the strategy and how many top-level parts went to each device (or disk)."""
+        if not getattr(self, "device_map", None):
+            return {}
+        placement = getattr(self.model, "hf_device_map", None)
+        parts: dict[str, int] = {}
+        for where in (placement or {"": str(self.device)}).values():
+            name = f"cuda:{where}" if isinstance(where, int) else str(where)
+            parts[name] = parts.get(name, 0) + 1
+        return {"device_map": self.device_map, "device_map_parts": parts}
 
     def stats(self) -> dict[str, Any]:
         """What the backend counts about its own work since ``reset_stats()`` (e.g. speculative decoding's mean

@@ -95,6 +95,8 @@ def dynamo_graphs() -> int:
 
 class CompileBackend(EagerBackend):
     name = "compile"
+    device_map_refusal = ("its static KV cache and compiled decode graph need the whole model on one device; use "
+                          "'eager' (or 'flash') with device_map")
 
     def __init__(self, model: str | LoadedModel | None = None, device: str | None = None, dtype: str | None = None,
                  attention: str | None = None, mode: str | None = None, fullgraph: bool = False,

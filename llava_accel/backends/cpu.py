@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..distributed import local_share
 from .base import default_threads
 from .eager import EagerBackend
 
@@ -35,7 +36,7 @@ class CpuBackend(EagerBackend):
         """``options``: those of ``EagerBackend`` (``quantize``, ``quantize_vision``)."""
         if device not in (None, "cpu"):
             raise ValueError(f"the 'cpu' backend runs on the CPU only, not '{device}'; use 'eager' for CUDA")
-        self.threads = threads or default_threads()
+        self.threads = threads or local_share(default_threads())  # shared with data-parallel peers
         torch.set_num_threads(self.threads)
         super().__init__(model, "cpu", dtype, attention, **options)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..errors import BackendUnavailableError
 from ..models.loading import LoadedModel
 from ..quantize import check_supported, preferred_dtype, quantize_model
 from .base import Backend, resolve_dtype
@@ -22,13 +23,17 @@ class EagerBackend(Backend):
 
     def __init__(self, model: str | LoadedModel | None = None, device: str | None = None,
                  dtype: str | torch.dtype | None = None, attention: str | None = None, quantize: str | None = None,
-                 quantize_vision: bool = False) -> None:
+                 quantize_vision: bool = False, **placement: Any) -> None:
         """``quantize``: None, "int8", "int8-dynamic" or "int4" (see llava_accel.quantize); an unsupported
-        combination fails here, before the model is loaded. A ``LoadedModel`` passed in is quantised in place."""
+        combination fails here, before the model is loaded. A ``LoadedModel`` passed in is quantised in place.
+        ``placement``: ``device_map``, ``max_memory``, ``offload_folder`` (see ``Backend``)."""
         device = device or self.default_device
         dtype = dtype or preferred_dtype(quantize, device, resolve_dtype(self.default_dtype))
         check_supported(quantize, device, resolve_dtype(dtype), quantize_vision)
-        super().__init__(model, device, dtype, attention)
+        if quantize and placement.get("device_map"):
+            raise BackendUnavailableError("quantize with device_map is not supported: parts offloaded to the CPU or "
+                                          "disk cannot be quantised in place; quantise on one device instead")
+        super().__init__(model, device, dtype, attention, **placement)
         self.quantize, self.quantize_vision = quantize, quantize_vision
         self.quantization = quantize_model(self.model, quantize, self.device, self.dtype, quantize_vision) \
             if quantize else None

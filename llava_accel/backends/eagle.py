@@ -27,6 +27,8 @@ class EagleBackend(EagerBackend):
     name = "eagle"
     default_device = "cuda"
     default_dtype = "float16"
+    device_map_refusal = ("the draft head, its tree KV cache and the verification pass assume the whole model on "
+                          "one device; use 'eager' (or 'flash') with device_map")
 
     def __init__(self, model: str | None = None, device: str | None = None, dtype: str | torch.dtype | None = None,
                  attention: str | None = None, head: str | None = None, tree: str = "dynamic",

@@ -24,6 +24,7 @@ DEFAULT_MODEL = str(Path(__file__).parent / "default")
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 MARKER = "llava_accel.json"  # written by our builders: what kind of weights a folder holds
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's big-model inference strategies
 
 
 @dataclass
@@ -80,24 +81,69 @@ def weights_kind(path: str, model: str) -> str:
     return "real"
 
 
-def load_model(model: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa") -> LoadedModel:
-    """Model (eval mode, on ``device`` in ``dtype``) and processor (left padding) for ``model``."""
+def load_model(model: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
+               device_map: str | None = None, max_memory: dict | None = None,
+               offload_folder: str | None = None) -> LoadedModel:
+    """Model (eval mode, on ``device`` in ``dtype``) and processor (left padding) for ``model``.
+
+    ``device_map`` (one of ``DEVICE_MAPS``): spread the model over the GPUs, then the CPU, then ``offload_folder``
+    on disk, with accelerate's big-model inference, within ``max_memory`` ({GPU index or "cpu": bytes or "8GiB"}).
+    Under data parallelism each process spreads its model over its own share of the node's GPUs.
+    """
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     model = model or DEFAULT_MODEL
     path = resolve_model_path(model)
     if not (Path(path) / "config.json").exists():
         raise ModelNotFoundError(f"{path} has no config.json; pass a folder written by save_pretrained")
+    if device_map is None:
+        placement: dict[str, Any] = {"device_map": {"": str(device)} if device.type == "cuda" else None}
+    elif device_map in DEVICE_MAPS:
+        placement = {"device_map": device_map, "max_memory": _own_max_memory(max_memory),
+                     "offload_folder": offload_folder}
+    else:
+        raise LlavaAccelError(f"unknown device_map '{device_map}'; use one of {', '.join(DEVICE_MAPS)}")
     try:
         net = LlavaForConditionalGeneration.from_pretrained(
             path, dtype=dtype, attn_implementation=attention, use_safetensors=True, trust_remote_code=False,
-            device_map={"": str(device)} if device.type == "cuda" else None)
+            **placement)
     except ImportError as exc:
         raise LlavaAccelError(f"attention '{attention}' cannot be used here: {str(exc).splitlines()[0]}") from None
     except OSError as exc:
         raise ModelNotFoundError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
+        if device_map is None:
+            raise
+        raise LlavaAccelError(f"device_map='{device_map}' failed: {str(exc).splitlines()[0]} (the weights that fit "
+                              "nowhere else go to disk: pass offload_folder, or raise max_memory)") from None
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    return LoadedModel(net.to(device).eval(), processor, model, path, weights_kind(path, model))
+    net = net if device_map else net.to(device)  # accelerate's hooks move each part's inputs to its device
+    return LoadedModel(net.eval(), processor, model, path, weights_kind(path, model))
+
+
+def _own_max_memory(max_memory: dict | None) -> dict | None:
+    """Under data parallelism, ``max_memory`` limited to this process's GPUs (so processes never share one)."""
+    from ..distributed import data_parallel, own_gpus
+
+    if data_parallel() is None or not torch.cuda.is_available():
+        return max_memory
+    from accelerate.utils import get_max_memory
+
+    mine = own_gpus(torch.cuda.device_count())
+    torch.cuda.set_device(mine[0])
+    return {k: v for k, v in get_max_memory(max_memory).items() if not isinstance(k, int) or k in mine}
+
+
+def input_device(net: Any, default: torch.device) -> torch.device:
+    """Where inputs go: ``default``, or for a model spread by accelerate its main device (the first GPU of its map;
+    parts offloaded to the CPU or disk compute there too), as ``accelerate.dispatch_model`` chooses it."""
+    placement = getattr(net, "hf_device_map", None) or {}
+    devices = [d for d in placement.values() if d not in ("cpu", "disk")]
+    if not placement:
+        return default
+    if not devices:
+        return torch.device("cpu")
+    return torch.device("cuda", devices[0]) if isinstance(devices[0], int) else torch.device(devices[0])

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ..distributed import data_parallel, is_main_process, step
 from ..errors import BackendUnavailableError, LlavaAccelError
 from .spec import Point, ProfilePoint, SpecError, SweepSpec
 from .store import OK, ResultStore
@@ -108,12 +109,18 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, retry_failed: bool = False, 
     points = spec.points(_available_backends(spec))
     _check_models({p.model for p, _ in points})
     out = Path(out_dir)
-    store = ResultStore(out / RESULTS)
+    # under `accelerate launch` every process measures each point data parallel; the main one keeps the file
+    dp, main = data_parallel(), is_main_process()
+    log = log if main else _quiet
+    store = ResultStore(out / RESULTS) if main else _Unwritten(out / RESULTS)
     if store.dropped_bytes:
         log(f"dropped a torn last line ({store.dropped_bytes} bytes) left by an interrupted run; that point runs again")
-    _keep_spec(spec, out)
+    if main:
+        _keep_spec(spec, out)
     done = store.latest()
     todo = [(p, g) for p, g in points if p.key not in done or (retry_failed and done[p.key].get("status") != OK)]
+    if dp:  # the main process's plan, from its results file: every process runs the same points in the same order
+        todo = dp.exchange(todo, "planning the sweep")[0]
     summary = SweepSummary(total=len(points), skipped=len(points) - len(todo), results=str(store.path))
     failed_before = sum(1 for p, _ in points if p.key in done and done[p.key].get("status") != OK)
     log(f"sweep '{spec.name}': {len(points)} points, {summary.skipped} already in {store.path}, {len(todo)} to run"
@@ -161,11 +168,12 @@ def _run_point(point: Point | ProfilePoint, loaded: _Loaded, data: dict, oom_at:
         record.update(status=OOM, error=f"not run: batch size {oom_at[shape]} already ran out of memory")
         return record
     try:
-        backend = loaded.get(point)
-        limit = point.limit if isinstance(point, Point) else max(point.batch_sizes)
-        data_key = (point.task, limit, point.seed, point.source)
-        if data_key not in data:
-            data[data_key] = samples(*data_key)
+        with step(f"loading {point.label()}"):  # a process that cannot load fails the point on every process
+            backend = loaded.get(point)
+            limit = point.limit if isinstance(point, Point) else max(point.batch_sizes)
+            data_key = (point.task, limit, point.seed, point.source)
+            if data_key not in data:
+                data[data_key] = samples(*data_key)
         run = measure if isinstance(point, Point) else profile
         record["result"] = run(backend, point, data[data_key])
     except KeyboardInterrupt:
@@ -180,6 +188,25 @@ def _run_point(point: Point | ProfilePoint, loaded: _Loaded, data: dict, oom_at:
             record["traceback"] = traceback.format_exc(limit=-8)
         _free_device_memory()
     return record
+
+
+class _Unwritten:
+    """The results file as seen by a data-parallel process other than the main one: nothing read, nothing written."""
+
+    dropped_bytes = 0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def append(self, record: dict[str, Any]) -> None:
+        pass
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def _shape(point: Point | ProfilePoint) -> tuple:
