@@ -206,8 +206,14 @@ def linear_names(model: nn.Module, include_vision: bool = False) -> list[str]:
     """Fully qualified names of the Linear layers quantisation applies to (language model and LM head, and with
     ``include_vision`` the vision tower and projector). Embeddings stay: a decode step reads one row of them."""
     prefixes = LANGUAGE_PARTS + (VISION_PARTS if include_vision else ())
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)
+    return [name for name, m in model.named_modules() if _is_linear(m)
             and any(name == p or name.startswith(p + ".") for p in prefixes)]
+
+
+def _is_linear(module: nn.Module) -> bool:
+    """nn.Linear and its quantised replacements (torch.ao's dynamic Linear is no nn.Linear; its packed weight is a
+    child module without ``in_features``)."""
+    return isinstance(module, nn.Linear) or (hasattr(module, "_packed_params") and hasattr(module, "in_features"))
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -229,6 +235,19 @@ def linear_bytes(module: nn.Module) -> int:
         weight, bias = module._packed_params._weight_bias()
         return tensor_bytes(weight) + (0 if bias is None else tensor_bytes(bias))
     return sum(tensor_bytes(t) for t in (module.weight, module.bias) if t is not None)
+
+
+def decode_weight_bytes(model: nn.Module) -> int:
+    """Weight bytes one decode step reads, quantised or not: every Linear of the language model and the LM head, and
+    the norms; the embedding table is left out (a step reads one row of it). Divided by the memory bandwidth, this is
+    the step's floor."""
+    names = linear_names(model)
+    modules = dict(model.named_modules())
+    linear_params = {id(p) for n in names for p in modules[n].parameters(recurse=False)}
+    embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+    rest = [p for prefix in LANGUAGE_PARTS for p in modules[prefix].parameters()
+            if id(p) not in linear_params and id(p) not in embeddings]
+    return sum(linear_bytes(modules[n]) for n in names) + sum(tensor_bytes(p) for p in rest)
 
 
 def quantize_model(model: nn.Module, mode: str, device: torch.device | str, dtype: torch.dtype,
