@@ -321,7 +321,7 @@ def complete(result: MeasureResult, parts: list[Part]) -> MeasureResult:
                                       p.latency, p.energy, p.memory, p.backend_stats, p.error) for p in parts]
     result.notes.append(f"data parallel over {len(parts)} processes: quality on all predictions; latency statistics "
                         "over all batches (each process's in processes); throughput, J/s and FLOP/s over the slowest "
-                        "process's timed time" + ("; backend counters are process 0's" if busy[0].backend_stats else ""))
+                        "process's timed time" + ("; backend counters: process 0's" if busy[0].backend_stats else ""))
     idle = [str(p.rank) for p in parts if not p.records and not p.error]
     if idle:
         result.notes.append(f"process(es) {', '.join(idle)} had no batch: fewer batches than processes")

@@ -77,7 +77,7 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
         run.batches = dp.shard(run.batches)
         checkpoint = checkpoint if dp.is_main else None
     run.memory = MemoryTracker(backend.device)
-    run.meter = open_meter(backend.device)
+    run.meter = open_meter(*getattr(backend, "devices", [backend.device]))  # several: a model spread by device_map
     show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main_process()
     error, timing = None, False
     try:

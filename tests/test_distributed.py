@@ -12,11 +12,13 @@ import torch
 
 import llava_accel as la
 from llava_accel import distributed
-from llava_accel.backends.base import Backend, GenerationOutput
+from llava_accel.backends.base import GenerationOutput
 from llava_accel.distributed import DataParallel, DataParallelError, Part, _merge_meters, own_gpus
 from llava_accel.measure import measure
 from llava_accel.result import MeasureResult
 from llava_accel.tasks import load_task
+
+from .test_measure import SleepingBackend
 
 
 @pytest.fixture(autouse=True)
@@ -61,35 +63,18 @@ def run_threads(world, work, timeout_s=60.0, monkeypatch=None):
     return outcomes
 
 
-class EchoBackend(Backend):
+class EchoBackend(SleepingBackend):
     """Answers an image's sample with its reference for even samples and 'wrong' for odd ones, so a prediction that
-    lands on another sample changes the native metric; fails, or hangs, at a chosen call."""
+    lands on another sample changes the native metric; fails at call ``fail_at``, or hangs in its first call."""
 
-    name = "echo"
-
-    def __init__(self, samples, fail_at=None, error=None, hang_at=None, hang_s=0.0):
-        self.device, self.dtype, self.calls = torch.device("cpu"), torch.float32, 0
+    def __init__(self, samples, fail_at=None, error=None, hang_s=0.0):
+        super().__init__(prefill_s=0.0, step_s=0.0, slow_calls=1 if hang_s else 0, slow_s=hang_s, fail_at=fail_at,
+                         fail_with=error)
         self.answers = {id(s.image): s.references[0] if i % 2 == 0 else "wrong" for i, s in enumerate(samples)}
-        self.fail_at, self.error, self.hang_at, self.hang_s = fail_at, error, hang_at, hang_s
 
-    def describe(self):
-        return {"backend": self.name, "device": "cpu", "dtype": "float32"}
-
-    def generate_ids(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def generate(self, images, prompts, max_new_tokens=32, min_new_tokens=None, streamer=None, **encode_options):
-        self.calls += 1
-        if self.calls == self.fail_at:
-            raise self.error
-        if self.calls == self.hang_at:
-            time.sleep(self.hang_s)
-        if streamer:
-            streamer.put(torch.zeros(len(prompts), 3, dtype=torch.long))
-            streamer.put(torch.zeros(len(prompts), dtype=torch.long))
-            streamer.put(torch.zeros(len(prompts), dtype=torch.long))
-            streamer.end()
-        return [GenerationOutput(self.answers[id(i)], [5, 6]) for i in images]
+    def generate(self, images, prompts, **options):
+        outputs = super().generate(images, prompts, **options)
+        return [GenerationOutput(self.answers[id(i)], o.token_ids) for i, o in zip(images, outputs)]
 
 
 @pytest.fixture(scope="module")
@@ -206,16 +191,17 @@ def test_the_same_failure_everywhere_keeps_its_type(textvqa, monkeypatch):
 def test_a_hung_process_times_out_with_its_number(textvqa, monkeypatch):
     failed_after = {}
 
-    def work(dp):  # process 1 hangs in its first timed batch, far longer than the timeout
+    def work(dp):  # process 1 hangs in its warm-up, far longer than the timeout
         start = time.monotonic()
         try:
-            return quiet(EchoBackend(textvqa, hang_at=2 if dp.rank == 1 else None, hang_s=4.0), textvqa)
+            return quiet(EchoBackend(textvqa, hang_s=4.0 if dp.rank == 1 else 0.0), textvqa)
         finally:
             failed_after[dp.rank] = time.monotonic() - start
 
     results = run_threads(2, work, timeout_s=0.5, monkeypatch=monkeypatch)
     assert isinstance(results[0], DataParallelError), results
-    assert "did not arrive within 0.5 s" in str(results[0]) and distributed.TIMEOUT_ENV in str(results[0])
+    assert "warm-up: a process did not arrive within 0.5 s" in str(results[0])
+    assert distributed.TIMEOUT_ENV in str(results[0])
     assert failed_after[0] < 3.0  # the main process did not wait for the hung one
 
 
@@ -276,9 +262,29 @@ def test_device_map_offload_gives_the_eager_tokens(mixed_batch, tmp_path):
     spread = la.load_backend("eager", device="cpu", dtype="float32", device_map="auto",
                              max_memory={"cpu": "1500KB"}, offload_folder=str(tmp_path / "offload"))
     parts = spread.describe()["device_map_parts"]
-    assert set(parts) == {"cpu", "disk"} and spread.device == torch.device("cpu")
+    assert set(parts) == {"cpu", "disk"} and spread.device == torch.device("cpu") and spread.devices == [spread.device]
     assert ([o.token_ids for o in spread.generate(images, prompts, max_new_tokens=5)]
             == [o.token_ids for o in plain.generate(images, prompts, max_new_tokens=5)])
+
+
+def test_a_spread_model_is_metered_on_every_gpu():
+    from llava_accel.metrics.energy import DeviceSum, PowerSampler
+    from llava_accel.models.loading import input_device, spread_devices
+
+    class Spread(torch.nn.Module):
+        hf_device_map = {"model.vision_tower": 1, "model.language_model.layers.0": 0, "lm_head": "cpu", "x": "disk"}
+
+    assert spread_devices(Spread()) == [torch.device("cuda", 1), torch.device("cuda", 0)]
+    assert input_device(Spread(), torch.device("cpu")) == torch.device("cuda", 1)
+    meters = [PowerSampler(lambda: 100.0, background=False), PowerSampler(lambda: 50.0, background=False)]
+    for m in meters:
+        m.source, m.scope = "fake", "board power"
+    total = DeviceSum(meters, [torch.device("cuda", 0), torch.device("cuda", 1)])
+    time.sleep(0.05)
+    both = total.read()
+    assert both == pytest.approx(meters[0].joules + meters[1].joules) and both > 0
+    assert meters[0].joules == pytest.approx(2 * meters[1].joules, rel=0.2)
+    assert total.label == "measured" and total.scope == "sum over cuda:0, cuda:1: board power"
 
 
 @pytest.mark.parametrize("name, options, match", [

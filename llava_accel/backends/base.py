@@ -17,7 +17,7 @@ import torch
 from ..distributed import place
 from ..errors import BackendUnavailableError, ImageError
 from ..image_size import enable_any_image_size, native_image_size
-from ..models.loading import LoadedModel, input_device, load_model
+from ..models.loading import LoadedModel, input_device, load_model, spread_devices
 from ..preprocessing import EncodedBatch, ImageInput, encode, load_image
 
 DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -110,6 +110,12 @@ class Backend(ABC):
                            attention: str | None = None) -> str | None:
         """None when the backend can run here with these settings, else a short reason saying what is missing."""
         return cuda_unavailable_reason(device or cls.default_device)
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """The devices the model computes on, the main one first: one, unless ``device_map`` spread it over several
+        GPUs (the measurement then sums their energy meters)."""
+        return list(dict.fromkeys([self.device, *spread_devices(self.model)]))
 
     @property
     def attention(self) -> str:

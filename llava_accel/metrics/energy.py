@@ -186,8 +186,40 @@ class CpuTimeEstimate(EnergyMeter):
         return (time.process_time() - self.start) * self.watts
 
 
-def open_meter(device: str | torch.device) -> EnergyMeter:
-    """The best meter for ``device``; its ``note`` says why each better source was not used."""
+class DeviceSum(EnergyMeter):
+    """The meters of the GPUs one model is spread over (``device_map``), read as one."""
+
+    measured = True
+
+    def __init__(self, meters: list[EnergyMeter], devices: list[torch.device]) -> None:
+        self.meters = meters
+        self.source = "+".join(dict.fromkeys(m.source for m in meters))
+        self.scope = f"sum over {', '.join(map(str, devices))}: " + "; ".join(dict.fromkeys(m.scope for m in meters))
+        self.note = "; ".join(dict.fromkeys(m.note for m in meters if m.note))
+
+    def read(self) -> float:
+        return sum(m.read() for m in self.meters)
+
+    def close(self) -> None:
+        for m in self.meters:
+            m.close()
+
+
+def open_meter(device: str | torch.device, *more: str | torch.device) -> EnergyMeter:
+    """The best meter for ``device``; its ``note`` says why each better source was not used. With ``more`` devices
+    (a model spread over GPUs): the sum of their meters when every one has a counter, else the first one's."""
+    if more:
+        devices = [torch.device(d) for d in (device, *more)]
+        meters = [open_meter(d) for d in devices]
+        if all(m.measured for m in meters):
+            return DeviceSum(meters, devices)
+        for m in meters[1:]:
+            m.close()
+        left_out = [str(d) for d, m in zip(devices[1:], meters[1:]) if meters[0].measured or m.measured]
+        if left_out:
+            meters[0].note = "; ".join(filter(None, [meters[0].note, f"not included: {', '.join(left_out)} (the "
+                                                                     "model also runs there; no counter on all)"]))
+        return meters[0]
     device = torch.device(device)
     if device.type == "cuda":
         candidates: list[tuple[str, Callable[[], EnergyMeter]]] = [

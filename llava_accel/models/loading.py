@@ -137,13 +137,17 @@ def _own_max_memory(max_memory: dict | None) -> dict | None:
     return {k: v for k, v in get_max_memory(max_memory).items() if not isinstance(k, int) or k in mine}
 
 
-def input_device(net: Any, default: torch.device) -> torch.device:
-    """Where inputs go: ``default``, or for a model spread by accelerate its main device (the first GPU of its map;
-    parts offloaded to the CPU or disk compute there too), as ``accelerate.dispatch_model`` chooses it."""
+def spread_devices(net: Any) -> list[torch.device]:
+    """The accelerator devices of a model placed by accelerate, in the order of its map (parts offloaded to the CPU
+    or disk compute on the first one, as ``accelerate.dispatch_model`` runs them)."""
     placement = getattr(net, "hf_device_map", None) or {}
-    devices = [d for d in placement.values() if d not in ("cpu", "disk")]
-    if not placement:
+    return list(dict.fromkeys(torch.device("cuda", d) if isinstance(d, int) else torch.device(d)
+                              for d in placement.values() if d not in ("cpu", "disk")))
+
+
+def input_device(net: Any, default: torch.device) -> torch.device:
+    """Where inputs go: ``default``, or for a model placed by accelerate its main device (the CPU when no part is
+    on an accelerator)."""
+    if not getattr(net, "hf_device_map", None):
         return default
-    if not devices:
-        return torch.device("cpu")
-    return torch.device("cuda", devices[0]) if isinstance(devices[0], int) else torch.device(devices[0])
+    return next(iter(spread_devices(net)), torch.device("cpu"))
