@@ -64,8 +64,7 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
     p.add_argument("--device-map", default=None, help="spread the model over the GPUs, then the CPU, then disk "
                                                       "(accelerate big-model inference): auto, balanced, sequential; "
                                                       "see docs/scaling.md")
-    p.add_argument("--max-memory", default=None,
-                   help="with --device-map: memory per device, like 0=7GiB,1=7GiB,cpu=30GiB")
+    p.add_argument("--max-memory", default=None, help="with --device-map: memory per device, like 0=7GiB,1=7GiB,cpu=30GiB")
     p.add_argument("--offload-folder", default=None, help="with --device-map: folder for weights that fit on no device")
 
 
@@ -152,10 +151,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
                             fixed_new_tokens=args.fixed_new_tokens, img_size=args.img_size,
                             flop_counter=args.flop_counter)
     reference = MeasureResult.from_json(args.reference) if args.reference else None
-    if reference is None and options.get("quantize"):  # a quantised result always carries its drift
-        unquantized = {k: v for k, v in options.items() if k not in ("quantize", "quantize_vision")}
-        reference = run(load_backend(args.backend, model=args.model, **unquantized), count_flops=False)
     backend = load_backend(args.backend, model=args.model, **options)
+    if reference is None and options.get("quantize"):
+        # a quantised result always carries its drift from the same backend unquantised, in the same dtype
+        same = {**{k: v for k, v in options.items() if k not in ("quantize", "quantize_vision")},
+                "dtype": backend.dtype}
+        reference = run(load_backend(args.backend, model=args.model, **same), count_flops=False)
     result = run(backend, count_flops=not args.no_flops, checkpoint=args.json, reference=reference)
     if is_main_process():  # under `accelerate launch` every process holds the same result: one prints it
         print(result)

@@ -106,6 +106,7 @@ def test_cli_measure_with_quantize_measures_the_unquantised_reference(capsys):
     from llava_accel.cli import main
 
     assert main(["measure", "--task", "synthetic-coco", "--limit", "2", "--max-new-tokens", "4", "--no-flops",
-                 "--warmup", "1", "--dtype", "float32", "--quantize", "int8-dynamic"]) == 0
+                 "--warmup", "1", "--quantize", "int8"]) == 0
     out = capsys.readouterr().out
-    assert "quantize=int8-dynamic" in out and "drift vs reference" in out and "quantize=None" in out
+    assert "bfloat16" in out and "quantize=int8" in out and "drift vs reference" in out  # int8 picked bf16
+    assert "dtype=bfloat16, quantize=None" in out  # the reference: same backend and dtype, unquantised
