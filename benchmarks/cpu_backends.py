@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -48,14 +49,17 @@ def load_model_under_test(name: str, dtype: torch.dtype):
 
 
 def timed_call(backend: Any, images: list, prompts: list, new_tokens: int) -> dict[str, Any]:
+    """Wall times of one call, and the process CPU time it took (all threads): on a machine shared with other work
+    the CPU time is the steadier comparison, since waiting for a core is not counted."""
     from llava_accel.metrics.latency import TimingStreamer
 
     streamer = TimingStreamer()
+    cpu = time.process_time()
     start = streamer.stamp()
     outputs = backend.generate(images, prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                streamer=streamer)
     end = streamer.stamp()
-    return {"latency_s": end - start, "ttft_s": streamer.first_token_at - start,
+    return {"latency_s": end - start, "cpu_s": time.process_time() - cpu, "ttft_s": streamer.first_token_at - start,
             "decode_step_s": (streamer.end_at - streamer.first_token_at) / max(streamer.steps - 1, 1),
             "tokens": [o.token_ids for o in outputs]}
 
@@ -96,9 +100,9 @@ def sweep(model_name: str, batches: list[int], rounds: int, new_tokens: int, dty
         reference = calls["eager"][0]["tokens"]
         rows = []
         for name in BACKENDS:
-            med = {k: statistics.median(c[k] for c in calls[name]) for k in ("latency_s", "ttft_s", "decode_step_s")}
+            med = {k: statistics.median(c[k] for c in calls[name]) for k in ("latency_s", "cpu_s", "ttft_s", "decode_step_s")}
             agree = drift(reference, calls[name][0]["tokens"])
-            rows.append({"model": model_name, "params": sum(p.numel() for p in net.parameters()),
+            rows.append({"model": model_name, "load_average_1min": os.getloadavg()[0], "params": sum(p.numel() for p in net.parameters()),
                          "dtype": str(net.dtype).removeprefix("torch."), "batch": batch, "backend": name,
                          "prompt_len": prompt_len, "first_call_s": first[name], **med,
                          "rounds": [{k: c[k] for k in med} for c in calls[name]],
@@ -110,16 +114,18 @@ def sweep(model_name: str, batches: list[int], rounds: int, new_tokens: int, dty
         yield rows
 
 
-HEADER = (f"{'model':<6} {'batch':>5} {'backend':<8} {'first s':>8} {'latency s':>9} {'TTFT s':>7} "
-          f"{'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'vs eager':>8} {'same':>5}")
+HEADER = (f"{'model':<6} {'batch':>5} {'backend':<8} {'first s':>8} {'latency s':>9} {'CPU s':>7} {'TTFT s':>7} "
+          f"{'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'vs eager':>8} {'CPU vs':>6} {'same':>5}")
 
 
 def format_row(row: dict[str, Any], eager: dict[str, Any]) -> str:
-    """``vs eager``: eager's decode step over this backend's (above 1: faster than eager)."""
+    """``vs eager``: eager's decode step over this backend's; ``CPU vs``: the same for the whole call's CPU time
+    (above 1: faster than eager)."""
     step, flr = row["decode_step_s"], row["floor"]["decode_step_s"]
     return (f"{row['model']:<6} {row['batch']:>5} {row['backend']:<8} {row['first_call_s']:>8.2f} "
-            f"{row['latency_s']:>9.3f} {row['ttft_s']:>7.3f} {1000 * step:>9.1f} {1000 * flr:>8.1f} "
-            f"{step / flr:>7.2f} {eager['decode_step_s'] / step:>8.2f} {row['identical_rows']:>5.2f}")
+            f"{row['latency_s']:>9.3f} {row['cpu_s']:>7.2f} {row['ttft_s']:>7.3f} {1000 * step:>9.1f} "
+            f"{1000 * flr:>8.1f} {step / flr:>7.2f} {eager['decode_step_s'] / step:>8.2f} "
+            f"{eager['cpu_s'] / row['cpu_s']:>6.2f} {row['identical_rows']:>5.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,12 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="default: what the cpu backend picks on this CPU")
     parser.add_argument("--out", default="cpu_backends.json")
     args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from llava_accel.metrics import environment
 
     report = {"environment": environment.collect("cpu"), "bandwidth_bytes_per_s": memory_bandwidth(torch.device("cpu")),
               "new_tokens": args.new_tokens, "rows": []}
     print(f"{report['environment']['cpu']['model']}, {torch.get_num_threads()} threads, copy bandwidth "
-          f"{report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; random weights for 250m, tiny-random for tiny")
+          f"{report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, load average {os.getloadavg()[0]:.1f}; "
+          f"random weights for 250m, tiny-random for tiny")
     print(HEADER, flush=True)
     for model_name in args.models.split(","):
         for rows in sweep(model_name, [int(b) for b in args.batches.split(",")], args.rounds, args.new_tokens,
