@@ -136,7 +136,8 @@ def test_unknown_backend_is_an_error_before_any_point(tmp_path):
     spec = load_spec(write(tmp_path, "backends=['cpu', 'nosuch']\ntasks=['synthetic-coco']\nbatch_sizes=[1]\n"))
     with pytest.raises(SpecError, match="'backends'.*'nosuch'"):
         sweep(spec, tmp_path / "out")
-    assert not (tmp_path / "out" / "results.jsonl").exists() or read_records(tmp_path / "out" / "results.jsonl")[0] == []
+    results = tmp_path / "out" / "results.jsonl"
+    assert not results.exists() or read_records(results)[0] == []
 
 
 def test_yaml_spec(tmp_path):
@@ -193,7 +194,8 @@ def test_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
                        "batch_sizes": [1, 2, 4, 8]})
     fake = FakeMeasure(fail={2: ValueError("boom\nsecond line"), 4: RuntimeError("CUDA out of memory. Tried 2 GiB")})
     summary, _ = sweep(spec, tmp_path / "out", measure=fake)
-    records = {(r["point"]["task"], r["point"]["batch_size"]): r for r in read_records(tmp_path / "out" / "results.jsonl")[0]}
+    lines = read_records(tmp_path / "out" / "results.jsonl")[0]
+    records = {(r["point"]["task"], r["point"]["batch_size"]): r for r in lines}
     assert len(records) == 8 and summary.ran == 8
     for task in ("synthetic-coco", "synthetic-textvqa"):
         assert records[(task, 1)]["status"] == "ok" and records[(task, 1)]["result"]["n_samples"] == 4

@@ -1,4 +1,4 @@
-"""The real thing end to end on the tiny model: `llava-accel sweep` with measure(), resumed, then `llava-accel report`."""
+"""The real thing end to end on the tiny model: `llava-accel sweep` with measure(), resumed, then the report."""
 
 import json
 

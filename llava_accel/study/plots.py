@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from .pareto import COSTS, by_task, pareto_front
 from .profile import LayerProfile
-from .rows import DIMENSIONS, Row
+from .rows import CHOICE, DIMENSIONS, TINY_WEIGHTS, WORKLOAD, Row
 
 Drawn = tuple[str | None, str]  # (path or None, what it shows or why it was not drawn)
 
@@ -124,7 +124,7 @@ def backends_side_by_side(rows: Sequence[Row], path: Path) -> Drawn:
     """Grouped bars for every workload (task, batch, length, image size) measured with 2 or more backends."""
     workloads: dict[str, list[Row]] = {}
     for r in rows:
-        workloads.setdefault(r.label(("task", "batch_size", "max_input_len", "img_size")), []).append(r)
+        workloads.setdefault(r.label(WORKLOAD), []).append(r)
     workloads = {k: v for k, v in workloads.items() if len({r.series for r in v}) > 1}
     if not workloads:
         return None, "needs one workload measured with 2 or more backend configurations"
@@ -165,10 +165,11 @@ def pareto(rows: Sequence[Row], cost: str, path: Path) -> Drawn:
         front = pareto_front(scored, cost)
         ax.plot([get(r) for r in front], [r.wer for r in front], "-o", color="C3", label="Pareto front")
         for r in front:
-            ax.annotate(r.label(("backend", "batch_size", "max_input_len", "img_size")), (get(r), r.wer),
+            ax.annotate(r.label(CHOICE), (get(r), r.wer),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")
         _log_x_if_wide(ax, [get(r) for r in scored])
-        ax.set_xlabel(f"{name} ({unit}){' [estimated]' if cost == 'energy' and any(r.estimated for r in scored) else ''}")
+        estimated = cost == "energy" and any(r.estimated for r in scored)
+        ax.set_xlabel(f"{name} ({unit}){' [estimated]' if estimated else ''}")
         ax.set_ylabel("WER (%), lower is better")
         ax.set_title(task, fontsize=9)
         ax.grid(alpha=0.3)
@@ -205,7 +206,7 @@ def layer_breakdown(profile: LayerProfile, path: Path) -> Drawn:
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
     b = profile.backend
     img = f"{profile.img_size} px" if profile.img_size else "native size"
-    tiny = b.get("weights") in ("tiny-random", "tiny-trained", "random")
+    tiny = b.get("weights") in TINY_WEIGHTS
     fig.suptitle(f"Per-layer time: {b.get('backend')} {b.get('device')} {b.get('dtype')}, image {img} "
                  f"({profile.image_tokens} image tokens){' [tiny model]' if tiny else ''}\n{profile.machine}; "
                  f"{profile.timer}", fontsize=9)

@@ -52,7 +52,8 @@ def model_parts(model: Any) -> list[tuple[Part, torch.nn.Module]]:
     parts += [(Part(f"vision.layers.{i}", "vision layer"), layer) for i, layer in enumerate(vision.encoder.layers)]
     parts += [(Part("vision.post_layernorm", "norm"), vision.post_layernorm),
               (Part("projector", "projector"), inner.multi_modal_projector),
-              (Part("language", "language model"), lm), (Part("language.embed_tokens", "token embedding"), lm.embed_tokens)]
+              (Part("language", "language model"), lm),
+              (Part("language.embed_tokens", "token embedding"), lm.embed_tokens)]
     if getattr(lm, "rotary_emb", None) is not None:
         parts.append((Part("language.rotary_emb", "rotary embedding"), lm.rotary_emb))
     for i, layer in enumerate(lm.layers):
@@ -232,7 +233,8 @@ class LayerProfile:
         """A plain-text table per phase, the largest batch size's share and FLOP/s."""
         out = [f"per-layer profile: {self.backend.get('backend')} on {self.backend.get('device')} "
                f"({self.backend.get('dtype')}), model {self.backend.get('model')} [{self.backend.get('weights')}]; "
-               f"{self.image_tokens} image tokens; timer: {self.timer}; mean of the faster half of {self.repeats} forwards"]
+               f"{self.image_tokens} image tokens; timer: {self.timer}; "
+               f"mean of the faster half of {self.repeats} forwards"]
         for ph in self.phases:
             out.append("")
             out.append(format_table(*layer_table(self, ph.phase), markdown=False))

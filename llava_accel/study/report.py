@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..result import _si
 from . import plots
 from .pareto import COSTS, by_task, pareto_front, recommend
 from .profile import answer_claims, layer_table
-from .rows import DIMENSIONS, Results, Row, load_results
+from .rows import CHOICE, DIMENSIONS, TINY_WEIGHTS, Results, Row, load_results
 from .spec import PROFILE_GRID
 from .tables import format_table
 
@@ -65,11 +65,13 @@ COLUMNS: list[tuple[str, Callable[[Row], str]]] = [
 
 
 def _sort_key(dims: Sequence[str]) -> Callable[[Row], tuple]:
-    """Rows in the study's order: lengths from long to short, everything else ascending."""
-    def key(r: Row) -> tuple:
-        return tuple(-(r.max_input_len or 0) if d == "max_input_len" else (getattr(r, d) is None, getattr(r, d) or 0)
-                     if d in ("batch_size", "img_size") else str(getattr(r, d)) for d in dims)
-    return key
+    """Rows in the study's order: lengths from long to short (200, 100, 50), everything else ascending."""
+    def value(r: Row, d: str) -> Any:
+        v = getattr(r, d)
+        if d == "max_input_len":
+            return -(v or 0)
+        return (v is None, v or 0) if d in ("batch_size", "img_size") else str(v)
+    return lambda r: tuple(value(r, d) for d in dims)
 
 
 def grid_table(rows: Sequence[Row]) -> tuple[str, str]:
@@ -109,7 +111,7 @@ def _recommendations(rows: Sequence[Row], cost: str, budget: float | None) -> li
         out.append(f"**{task}**, {name} per sample{est}: the Pareto front, cheapest first. With a budget of at least "
                    f"the first column, the row is the lowest WER within it.")
         out.append("")
-        body = [[f"{get(r):.4g}", r.label(("backend", "batch_size", "max_input_len", "img_size")), _num(r.wer),
+        body = [[f"{get(r):.4g}", r.label(CHOICE), _num(r.wer),
                  _num(r.latency_sample_s), _energy(r, r.energy_sample_j)] for r in front]
         out.append(format_table([f"{name} budget {unit} ≥", "use", "WER %", "latency s/sample", "energy J/sample"],
                                 body))
@@ -117,7 +119,7 @@ def _recommendations(rows: Sequence[Row], cost: str, budget: float | None) -> li
             best = recommend(rs, cost, budget)
             out.append("")
             out.append(f"Budget {budget:g} {unit}: " + (
-                f"**{best.label(('backend', 'batch_size', 'max_input_len', 'img_size'))}** "
+                f"**{best.label(CHOICE)}** "
                 f"(WER {_num(best.wer)} %, {get(best):.4g} {unit})" if best else
                 f"nothing measured fits; the cheapest is {front[0].label()} at {get(front[0]):.4g} {unit}."))
         out.append("")
@@ -125,9 +127,8 @@ def _recommendations(rows: Sequence[Row], cost: str, budget: float | None) -> li
 
 
 def _weights_warning(rows: Sequence[Row], res: Results) -> str:
-    tiny = sorted({r.weights for r in rows if r.tiny} | {p.backend.get("weights") for p in res.profiles
-                                                         if p.backend.get("weights") in ("tiny-random", "tiny-trained",
-                                                                                         "random")})
+    tiny = sorted({r.weights for r in rows if r.tiny}
+                  | {p.backend["weights"] for p in res.profiles if p.backend.get("weights") in TINY_WEIGHTS})
     if not tiny:
         return ""
     return (f"> **Tiny or random weights ({', '.join(tiny)})**: these numbers test the pipeline on a small model; they "

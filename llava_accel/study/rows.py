@@ -18,6 +18,8 @@ from .store import OK, latest_records
 
 DIMENSIONS = ("backend", "device", "dtype", "task", "batch_size", "max_input_len", "img_size")
 TINY_WEIGHTS = ("tiny-random", "tiny-trained", "random")
+CHOICE = ("backend", "batch_size", "max_input_len", "img_size")  # what a user picks for a task: a row's short label
+WORKLOAD = ("task", "batch_size", "max_input_len", "img_size")  # the work backends are compared on
 
 
 @dataclass

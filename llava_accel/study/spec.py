@@ -32,12 +32,24 @@ SCALARS = {"name": str, "model": str, "limit": int, "repetitions": int, "max_new
 TABLES = ("backend_options", "measure_options", "task_sources")
 PROFILE_FIELDS = {"backends": "names", "devices": "names", "dtypes": "names", "batch_sizes": "ints",
                   "img_sizes": "ints", "task": str, "repeats": int}
-AVAILABLE = "available"
-PROFILE_GRID = "per-layer profile"  # backends = "available": every backend that can run on this machine when the sweep starts
+AVAILABLE = "available"  # backends = "available": every backend that can run on this machine when the sweep starts
+PROFILE_GRID = "per-layer profile"  # the name under which profile points appear in a report
+
+
+class _Configuration:
+    """What both kinds of point share: an identity in results.jsonl, and the backend they need loaded."""
+
+    @property
+    def key(self) -> str:
+        return point_key(asdict(self))
+
+    def load_group(self) -> tuple:
+        """Points with the same load group share one loaded backend."""
+        return (self.model, self.backend, self.device, self.dtype, json.dumps(self.backend_options, sort_keys=True))
 
 
 @dataclass(frozen=True)
-class Point:
+class Point(_Configuration):
     """One configuration to measure. Its ``key`` (every field, canonical JSON) identifies it in results.jsonl."""
 
     model: str | None
@@ -58,23 +70,16 @@ class Point:
     source: str | None = None  # where the task's data is read from (None: its default)
     kind: str = "measure"
 
-    @property
-    def key(self) -> str:
-        return point_key(asdict(self))
-
-    def load_group(self) -> tuple:
-        """Points with the same load group share one loaded backend."""
-        return (self.model, self.backend, self.device, self.dtype, json.dumps(self.backend_options, sort_keys=True))
-
     def label(self) -> str:
         parts = [self.backend, self.device or "", self.dtype or "", self.task, f"bs={self.batch_size}",
-                 f"len={self.max_input_len}" if self.max_input_len else "", f"img={self.img_size}" if self.img_size else "",
+                 f"len={self.max_input_len}" if self.max_input_len else "",
+                 f"img={self.img_size}" if self.img_size else "",
                  f"rep={self.repetition}" if self.repetition else ""]
         return " ".join(p for p in parts if p)
 
 
 @dataclass(frozen=True)
-class ProfilePoint:
+class ProfilePoint(_Configuration):
     """A per-layer profile of one backend configuration over several batch sizes (one record in results.jsonl)."""
 
     model: str | None
@@ -89,13 +94,6 @@ class ProfilePoint:
     backend_options: dict = field(default_factory=dict, hash=False)
     source: str | None = None
     kind: str = "profile"
-
-    @property
-    def key(self) -> str:
-        return point_key(asdict(self))
-
-    def load_group(self) -> tuple:
-        return (self.model, self.backend, self.device, self.dtype, json.dumps(self.backend_options, sort_keys=True))
 
     def label(self) -> str:
         parts = ["profile", self.backend, self.device or "", self.dtype or "",
@@ -194,7 +192,8 @@ def _read(path: Path) -> dict[str, Any]:
         try:
             import yaml
         except ImportError:
-            raise SpecError(f"{path}: reading YAML needs PyYAML (`pip install pyyaml`), or write the spec as TOML") from None
+            raise SpecError(f"{path}: reading YAML needs PyYAML (`pip install pyyaml`); or write the spec as "
+                            "TOML") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
