@@ -6,7 +6,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from llava_accel.eagle.cache import SlotCache
-from llava_accel.eagle.layer import decoder_layer, layer_weights
+from llava_accel.eagle.layer import decoder_layer, layer_weights, rope
 from llava_accel.eagle.tree import accept, ancestor_mask, select_tree
 
 # Candidates in drafting order (parents first): depth 1 = a, b (children of the root); depth 2 = children of a
@@ -95,13 +95,13 @@ def test_plain_layer_equals_transformers_layer_with_grouped_kv_heads():
                          num_hidden_layers=1)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    layer, rope = LlamaDecoderLayer(config, 0).eval(), LlamaRotaryEmbedding(config)
+    layer, rotary = LlamaDecoderLayer(config, 0).eval(), LlamaRotaryEmbedding(config)
     x = torch.randn(2, 5, 64)
     positions = torch.tensor([[3, 4, 4, 5, 6], [0, 1, 2, 3, 3]])
     allowed = torch.rand(2, 1, 5, 5) > 0.3
     allowed |= torch.eye(5, dtype=torch.bool)
     with torch.no_grad():
-        cos_sin = rope(x, positions)
-        expected = layer(x, attention_mask=allowed, position_embeddings=cos_sin)
-        got = decoder_layer(layer_weights(layer), x, cos_sin, allowed)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+        expected = layer(x, attention_mask=allowed, position_embeddings=rotary(x, positions))
+        for fuse in (True, False):
+            got = decoder_layer(layer_weights(layer, fuse=fuse), x, rope(rotary, x, positions), allowed)
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

@@ -18,16 +18,25 @@ import torch
 class SlotCache:
     def __init__(self, layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype,
                  device: torch.device) -> None:
-        shape = (layers, batch, kv_heads, capacity, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        # keys and values in one tensor, so that compaction moves both with one gather and one scatter
+        self.kv = torch.zeros((2, layers, batch, kv_heads, capacity, head_dim), dtype=dtype, device=device)
+        self._layers = list(zip(self.kv[0].unbind(0), self.kv[1].unbind(0)))
         self.start = torch.zeros(batch, dtype=torch.long, device=device)  # first valid slot of each row
         self.lens = torch.zeros(batch, dtype=torch.long, device=device)  # one past the last valid slot
         self.begin = 0  # where the next forward writes its entries (the same slots for every row)
 
     @property
+    def keys(self) -> torch.Tensor:
+        """(layers, batch, kv_heads, capacity, head_dim)"""
+        return self.kv[0]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.kv[1]
+
+    @property
     def capacity(self) -> int:
-        return self.keys.shape[3]
+        return self.kv.shape[4]
 
     def load(self, layer_keys: list[torch.Tensor], layer_values: list[torch.Tensor], start: torch.Tensor) -> None:
         """Fill from a prefill's per-layer (batch, heads, length, dim) tensors; row b is valid from ``start[b]``."""
@@ -42,9 +51,10 @@ class SlotCache:
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Write the new entries at slots ``begin ..`` and return every slot up to them (attention masks the rest)."""
         end = self.begin + key.shape[2]
-        self.keys[layer_idx, :, :, self.begin:end] = key
-        self.values[layer_idx, :, :, self.begin:end] = value
-        return self.keys[layer_idx, :, :, :end], self.values[layer_idx, :, :, :end]
+        keys, values = self._layers[layer_idx]
+        keys[:, :, self.begin:end] = key
+        values[:, :, self.begin:end] = value
+        return keys[:, :, :end], values[:, :, :end]
 
     def prefix_mask(self) -> torch.Tensor:
         """(batch, begin) bool: which slots before ``begin`` each row may attend to."""
@@ -62,10 +72,10 @@ class SlotCache:
         # that keeps nothing writes one stale entry just past its valid slots, where nobody looks
         src = self.begin + torch.where(keep, offsets, offsets.gather(1, last))
         dst = self.lens[:, None] + torch.where(keep, idx[None], last)
-        layers, batch, heads, _, dim = self.keys.shape
-        src = src[None, :, None, :, None].expand(layers, batch, heads, m, dim)
-        dst = dst[None, :, None, :, None].expand(layers, batch, heads, m, dim)
-        for store in (self.keys, self.values):
-            store.scatter_(3, dst, store.gather(3, src))
+        _, layers, batch, heads, capacity, dim = self.kv.shape
+        store = self.kv.view(2 * layers, batch, heads, capacity, dim)
+        src = src[None, :, None, :, None].expand(2 * layers, batch, heads, m, dim)
+        dst = dst[None, :, None, :, None].expand(2 * layers, batch, heads, m, dim)
+        store.scatter_(3, dst, store.gather(3, src))
         self.lens += counts
         self.begin = int(self.lens.max())

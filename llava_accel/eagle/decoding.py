@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .cache import SlotCache
 from .head import EagleHead
-from .layer import decoder_layer, layer_weights
+from .layer import RopeTable, decoder_layer, layer_weights
 from .tree import Tree, accept, select_tree
 
 MIN_LOGPROB = -1e4  # floor for draft log-probabilities, so that scores stay finite and ordered
@@ -128,15 +128,15 @@ class EagleDecoder:
         self.eos, self.pad = eos_token_id, pad_token_id
         self.stats = EagleStats()
         self.caches: tuple[SlotCache, SlotCache] | None = None  # the last call's, for inspection
+        # plain tensors, read once: module lookups cost more than a tiny model's matmuls (the weights never move)
+        self._embed_w, self._lm_w = self.lm.embed_tokens.weight, model.lm_head.weight
+        self._target_w = [layer_weights(layer) for layer in self.lm.layers[: self.lm.config.num_hidden_layers]]
+        self._head_w = layer_weights(head.layer)
 
     # -- the loop --------------------------------------------------------------------------------------------------
     def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int | None = None,
                  streamer: Any = None) -> torch.Tensor:
         """New token ids (batch, steps), padded after EOS: the target's greedy tokens, as ``generate`` makes them."""
-        # plain tensors, read once per call: module lookups cost more than the tiny model's matmuls
-        self._embed_w, self._lm_w = self.lm.embed_tokens.weight, self.model.lm_head.weight
-        self._target_w = [layer_weights(layer) for layer in self.lm.layers[: self.lm.config.num_hidden_layers]]
-        self._head_w = layer_weights(self.head.layer)
         if streamer is not None:
             streamer.put(inputs["input_ids"].cpu())
         g = self._prefill(inputs, max_new_tokens, min_new_tokens or 0, streamer)
@@ -162,7 +162,9 @@ class EagleDecoder:
         first = self._no_eos(logits, torch.tensor(min_new > 0, device=device)).argmax(-1)
         # the draft writes up to top_k * (depth - 1) head entries past the prefix, verification total_tokens + 1
         room = max(tree.total_tokens, tree.top_k * max(tree.depth - 1, 1)) + tree.depth + 2
-        caches = self._caches(batch, length + max_new_tokens + room, hidden.dtype, device)
+        capacity = length + max_new_tokens + room
+        caches = self._caches(batch, capacity, hidden.dtype, device)
+        self._rope = RopeTable(self.lm.rotary_emb, hidden, capacity)  # positions never exceed slots
         start = (mask == 0).sum(1)
         caches[0].load([layer.keys for layer in prompt_cache.layers], [layer.values for layer in prompt_cache.layers],
                        start)
@@ -248,9 +250,9 @@ class EagleDecoder:
                 cache: SlotCache) -> torch.Tensor:
         """The language model's decoder layers on ``tokens`` -> final-norm hidden states."""
         hidden = F.embedding(tokens, self._embed_w)
-        rope, mask = self.lm.rotary_emb(hidden, positions), allowed[:, None]
+        cos_sin, mask = self._rope(positions), allowed[:, None]
         for weights in self._target_w:
-            hidden = decoder_layer(weights, hidden, rope, mask, cache)
+            hidden = decoder_layer(weights, hidden, cos_sin, mask, cache)
         return self.lm.norm(hidden)
 
     def _log_probs(self, features: torch.Tensor, forbid: torch.Tensor | None) -> torch.Tensor:
@@ -268,7 +270,7 @@ class EagleDecoder:
             cache.begin + torch.arange(n, device=device) >= cache.start[:, None])[:, None]  # not the prompt's padding
         new |= torch.eye(n, dtype=torch.bool, device=device)  # padding rows see themselves: no empty softmax
         allowed = torch.cat([cache.prefix_mask()[:, None].expand(-1, n, -1), new], -1)
-        out = self.head(embeds, features, positions, allowed, cache, self._head_w)
+        out = self.head.step(embeds, features, self._rope(positions), allowed[:, None], cache, self._head_w)
         cache.compact(torch.arange(n, device=device).expand(embeds.shape[0], n), counts)
         self.stats.head_forwards += 1
         last = (counts - 1).clamp(min=0)
@@ -290,9 +292,9 @@ class EagleDecoder:
         prefix = cache.prefix_mask()[:, None].expand(-1, k, -1)
         for d in range(1, depth):
             cache.begin = base + (d - 1) * k
-            out = self.head(F.embedding(tokens, self._embed_w), features,
-                            (g.root_positions + d - 1)[:, None].expand(-1, k), torch.cat([prefix, seen], -1), cache,
-                            self._head_w)
+            out = self.head.step(F.embedding(tokens, self._embed_w), features,
+                                 self._rope((g.root_positions + d - 1)[:, None].expand(-1, k)),
+                                 torch.cat([prefix, seen], -1)[:, None], cache, self._head_w)
             self.stats.head_forwards += 1
             forbid = forbid_eos[d][:, None] if forbid_eos[d] is not None else None
             child_scores, child_tokens = self._log_probs(out, forbid).topk(k, dim=-1)

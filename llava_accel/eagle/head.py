@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LlavaAccelError
-from .layer import LayerWeights, decoder_layer, layer_weights
+from .layer import LayerWeights, decoder_layer, layer_weights, rope
 
 CONFIG_FILE = "eagle_head.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -73,12 +74,16 @@ class EagleHead(nn.Module):
         self.rotary = LlamaRotaryEmbedding(config)
 
     def forward(self, embeds: torch.Tensor, features: torch.Tensor, position_ids: torch.Tensor,
-                allowed: torch.Tensor, cache: Any = None, weights: LayerWeights | None = None) -> torch.Tensor:
-        """Predicted next features (batch, seq, h); ``allowed`` (batch, seq, keys) says what each query may see.
-        ``weights``: ``layer_weights(self.layer)``, read once per generation by callers that loop."""
-        x = self.fc(torch.cat([embeds, features], dim=-1))
-        return decoder_layer(weights or layer_weights(self.layer), x, self.rotary(x, position_ids), allowed[:, None],
-                             cache)
+                allowed: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        """Predicted next features (batch, seq, h); ``allowed`` (batch, seq, keys) says what each query may see."""
+        return self.step(embeds, features, rope(self.rotary, embeds, position_ids), allowed[:, None], cache,
+                         layer_weights(self.layer, fuse=False))
+
+    def step(self, embeds: torch.Tensor, features: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
+             mask: torch.Tensor, cache: Any, weights: LayerWeights) -> torch.Tensor:
+        """``forward`` with rope, mask and layer weights prepared by the caller (the decoding loop's fast path)."""
+        x = F.linear(torch.cat([embeds, features], dim=-1), self.fc.weight, self.fc.bias)
+        return decoder_layer(weights, x, cos_sin, mask, cache)
 
 
 def new_head(model: Any, seed: int = 0) -> EagleHead:

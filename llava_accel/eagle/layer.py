@@ -1,10 +1,14 @@
 """A Llama decoder layer as one plain function over the weights of transformers' own ``LlamaDecoderLayer``.
 
 Why: on a CPU a tiny model's layer costs ~1 ms through transformers' module stack (call hooks, deprecation
-wrappers, attention dispatch) and ~0.3 ms as plain tensor ops, and speculative decoding runs several head and
-target forwards per emitted token. The ops are the ones transformers runs (its RMSNorm in float32, rotate-half
-RoPE, SDPA with an explicit mask), so the verification computes what ``generate`` computes; the weights stay in
-the HF modules (state dicts, loading and ``.to()`` are unchanged) and are only read here.
+wrappers, attention dispatch) and a fraction of it as plain tensor ops, and speculative decoding runs several head
+and target forwards per emitted token, so the number of tensor ops per layer decides the speed-up. The arithmetic
+is transformers' (RMSNorm in float32, rotate-half RoPE, SDPA with an explicit mask); the weights stay in the HF
+modules (state dicts, loading and ``.to()`` are unchanged) and are only read here.
+
+For small models (``hidden_size <= FUSE_MAX_HIDDEN``) the q/k/v and gate/up projections are fused into one matmul
+each: on the CPU this gives bit-identical results (each output is the same dot product) with fewer ops; for large
+models it would only double the memory of those weights, so they stay separate.
 """
 
 from __future__ import annotations
@@ -15,22 +19,22 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+FUSE_MAX_HIDDEN = 1024
+
 
 @dataclass(frozen=True)
 class LayerWeights:
     input_norm: torch.Tensor | None  # None: the EAGLE head's layer has no input norm
     post_norm: torch.Tensor
     eps: float
-    q: tuple[torch.Tensor, torch.Tensor | None]
-    k: tuple[torch.Tensor, torch.Tensor | None]
-    v: tuple[torch.Tensor, torch.Tensor | None]
+    qkv: list[tuple[torch.Tensor, torch.Tensor | None]]  # [q, k, v] projections, or one fused [qkv]
     o: tuple[torch.Tensor, torch.Tensor | None]
-    gate: tuple[torch.Tensor, torch.Tensor | None]
-    up: tuple[torch.Tensor, torch.Tensor | None]
+    gate_up: list[tuple[torch.Tensor, torch.Tensor | None]]  # [gate, up], or one fused [gate|up]
     down: tuple[torch.Tensor, torch.Tensor | None]
     act: Callable[[torch.Tensor], torch.Tensor]
+    heads: int
+    kv_heads: int
     head_dim: int
-    kv_groups: int
     scale: float
     index: int  # the layer's index in its cache
 
@@ -39,26 +43,60 @@ def _linear(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return module.weight, module.bias
 
 
-def layer_weights(layer: Any) -> LayerWeights:
-    """Read a transformers ``LlamaDecoderLayer`` once (call again after moving or reloading the module)."""
+def _fused(modules: list[Any]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    weight = torch.cat([m.weight.detach() for m in modules])
+    bias = None if modules[0].bias is None else torch.cat([m.bias.detach() for m in modules])
+    return [(weight, bias)]
+
+
+def layer_weights(layer: Any, fuse: bool | None = None) -> LayerWeights:
+    """Read a transformers ``LlamaDecoderLayer`` once (again after moving or reloading it). ``fuse``: default for
+    small models; a fused copy is not a parameter, so training reads the layer with ``fuse=False``."""
     attn, mlp = layer.self_attn, layer.mlp
-    norm = layer.input_layernorm
+    fuse = attn.q_proj.in_features <= FUSE_MAX_HIDDEN if fuse is None else fuse
+    projections = [attn.q_proj, attn.k_proj, attn.v_proj]
     return LayerWeights(
-        input_norm=getattr(norm, "weight", None), post_norm=layer.post_attention_layernorm.weight,
+        input_norm=getattr(layer.input_layernorm, "weight", None), post_norm=layer.post_attention_layernorm.weight,
         eps=layer.post_attention_layernorm.variance_epsilon,
-        q=_linear(attn.q_proj), k=_linear(attn.k_proj), v=_linear(attn.v_proj), o=_linear(attn.o_proj),
-        gate=_linear(mlp.gate_proj), up=_linear(mlp.up_proj), down=_linear(mlp.down_proj), act=mlp.act_fn,
-        head_dim=attn.head_dim, kv_groups=attn.num_key_value_groups, scale=attn.scaling, index=attn.layer_idx)
+        qkv=_fused(projections) if fuse else [_linear(p) for p in projections], o=_linear(attn.o_proj),
+        gate_up=_fused([mlp.gate_proj, mlp.up_proj]) if fuse else [_linear(mlp.gate_proj), _linear(mlp.up_proj)],
+        down=_linear(mlp.down_proj), act=mlp.act_fn, heads=attn.q_proj.out_features // attn.head_dim,
+        kv_heads=attn.k_proj.out_features // attn.head_dim, head_dim=attn.head_dim, scale=attn.scaling,
+        index=attn.layer_idx)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if x.dtype == torch.float32:  # one fused op, bit-identical to the formula below in float32
+        return F.rms_norm(x, weight.shape, weight, eps)
     x32 = x.float()
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+def _signed(sin: torch.Tensor) -> torch.Tensor:
+    """rotate_half(x) * sin == roll(x, half) * signed(sin), exactly: the sign moves from x to sin."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def rope(rotary: Any, like: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, signed sin) of ``positions`` from transformers' rotary embedding, shaped to broadcast over heads."""
+    cos, sin = rotary(like, positions)
+    return cos.unsqueeze(1), _signed(sin).unsqueeze(1)
+
+
+class RopeTable:
+    """``rope`` for positions 0 .. n-1, computed once and looked up per forward (the same values, fewer ops)."""
+
+    def __init__(self, rotary: Any, like: torch.Tensor, n: int) -> None:
+        cos, sin = rotary(like, torch.arange(n, device=like.device)[None])
+        self.cos, self.sin = cos[0], _signed(sin[0])
+
+    def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.embedding(positions, self.cos).unsqueeze(1), F.embedding(positions, self.sin).unsqueeze(1)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -68,21 +106,26 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x[:, :, None].expand(b, heads, groups, n, d).reshape(b, heads * groups, n, d)
 
 
-def decoder_layer(w: LayerWeights, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
+def decoder_layer(w: LayerWeights, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
                   cache: Any = None) -> torch.Tensor:
-    """One layer on ``x`` (batch, n, h). ``rope``: (cos, sin) of the tokens' positions; ``mask``: (batch, 1, n,
-    keys) bool, True where a query may attend; ``cache``: stores the new keys/values and returns all keys/values."""
+    """One layer on ``x`` (batch, n, h). ``cos_sin``: from ``rope`` or a ``RopeTable``; ``mask``: (batch, 1, n, keys) bool, True where a
+    query may attend; ``cache``: stores the new keys/values and returns all keys/values so far."""
     b, n, _ = x.shape
     h = rms_norm(x, w.input_norm, w.eps) if w.input_norm is not None else x
-    q = F.linear(h, *w.q).view(b, n, -1, w.head_dim).transpose(1, 2)
-    k = F.linear(h, *w.k).view(b, n, -1, w.head_dim).transpose(1, 2)
-    v = F.linear(h, *w.v).view(b, n, -1, w.head_dim).transpose(1, 2)
-    cos, sin = rope[0].unsqueeze(1), rope[1].unsqueeze(1)
-    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    qkv = torch.cat([F.linear(h, *p) for p in w.qkv], -1) if len(w.qkv) > 1 else F.linear(h, *w.qkv[0])
+    qkv = qkv.view(b, n, w.heads + 2 * w.kv_heads, w.head_dim).transpose(1, 2)
+    split = w.heads + w.kv_heads
+    qk = _rotate(qkv[:, :split], *cos_sin)  # q and k heads in one go
+    q, k, v = qk[:, :w.heads], qk[:, w.heads:], qkv[:, split:]
     if cache is not None:
         k, v = cache.update(k, v, w.index)
-    attn = F.scaled_dot_product_attention(q, _repeat_kv(k, w.kv_groups), _repeat_kv(v, w.kv_groups),
-                                          attn_mask=mask, scale=w.scale)
+    groups = w.heads // w.kv_heads
+    attn = F.scaled_dot_product_attention(q, _repeat_kv(k, groups), _repeat_kv(v, groups), attn_mask=mask,
+                                          scale=w.scale)
     x = x + F.linear(attn.transpose(1, 2).reshape(b, n, -1), *w.o)
     h = rms_norm(x, w.post_norm, w.eps)
-    return x + F.linear(w.act(F.linear(h, *w.gate)) * F.linear(h, *w.up), *w.down)
+    if len(w.gate_up) > 1:
+        gate, up = (F.linear(h, *p) for p in w.gate_up)
+    else:
+        gate, up = F.linear(h, *w.gate_up[0]).chunk(2, dim=-1)
+    return x + F.linear(w.act(gate) * up, *w.down)
