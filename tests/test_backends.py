@@ -49,7 +49,7 @@ def test_min_new_tokens_forces_length(backend, mixed_batch):
 
 def test_describe_reports_resolved_settings(backend):
     d = backend.describe()
-    assert d["device"] == "cpu" and d["dtype"] == "float32" and d["weights"] == "tiny-random"
+    assert d["device"] == "cpu" and d["dtype"] == "float32" and d["weights"] == "tiny-trained"
     assert d["attention"] == backend.model.config._attn_implementation == "sdpa"
 
 

@@ -41,7 +41,7 @@ def test_every_field(tiny_result):
     assert m.flops.prefill_per_sample > 0 and m.flops.total > 0 and 0 < m.flops.mfu < 1
     assert m.memory.rss_peak_bytes > 0 and m.memory.device_peak_bytes is None
     c = m.config
-    assert c["backend"]["backend"] == "cpu" and c["backend"]["weights"] == "tiny-random"
+    assert c["backend"]["backend"] == "cpu" and c["backend"]["weights"] == "tiny-trained"
     assert (c["batch_size"], c["samples"], c["max_new_tokens"], c["max_input_len"], c["warmup"]) == (2, 4, 4, 200, 1)
     assert c["dataset"] == "synthetic-coco"
     env = m.environment

@@ -113,12 +113,12 @@ def test_flop_model_on_meta_equals_closed_form_for_any_shape():
 
 
 def test_another_image_size_interpolates_and_counts_its_tokens():
-    """img_size 32 on the 64-px tiny model: 16 patches instead of 64 (CLIP interpolates its positions)."""
+    """img_size 32 on the 64-px tiny model (patch 16): 4 patches instead of 16 (CLIP interpolates its positions)."""
     cfg = load_config(la.DEFAULT_MODEL)
     model = F.FlopModel.fit(cfg, (32, 32), logits="all")
-    assert model.base_len == 16 + 1
+    assert model.base_len == 4 + 1
     assert model.prefill(40, 2) == 2 * closed_form_prefill(cfg, 40, "all", image_size=32)
-    assert F.architecture_flops(cfg, 1, 10, image_size=32)["sequence_length"] == 26
+    assert F.architecture_flops(cfg, 1, 10, image_size=32)["sequence_length"] == 14
 
 
 def test_meta_twin_uses_eager_attention_and_is_cached():

@@ -185,7 +185,7 @@ def test_cli_measure_on_a_named_task_source(capsys):
                "--max-new-tokens", "2", "--warmup", "0", "--no-flops", "--img-size", "32", "--max-input-len", "100"])
     out = capsys.readouterr().out
     assert rc == 0 and "textvqa: 2 samples" in out
-    assert "max_input_len 100 (0 prompts cut), 16 image tokens per image (img_size 32)" in out
+    assert "max_input_len 100 (0 prompts cut), 4 image tokens per image (img_size 32)" in out
     assert main(["measure", "--task", "textvqa", "--limit", "2"]) == 2  # offline, no local copy: one line, no model
     err = capsys.readouterr().err.strip()
     assert err.startswith("llava-accel: error: dataset 'lmms-lab/textvqa'") and "\n" not in err

@@ -83,7 +83,7 @@ def test_generate_reports_cut_samples_and_token_counts(backend, image_id):
     args = [s.image for s in samples], [s.prompt for s in samples]
     outs = backend.generate(*args, max_new_tokens=3, max_input_len=cap, fields=[s.fields for s in samples])
     assert [o.truncated for o in outs] == [n > cap for n in lengths] and sum(o.truncated for o in outs) == 2
-    assert all(o.text_tokens <= cap for o in outs) and all(o.image_tokens == 64 for o in outs)
+    assert all(o.text_tokens <= cap for o in outs) and all(o.image_tokens == 16 for o in outs)
     batch = backend.encode(*args, max_input_len=cap, fields=[s.fields for s in samples])
     mask = batch.inputs["attention_mask"].sum(1)
     assert (mask - batch.image_tokens).tolist() == batch.text_tokens  # counted as the model sees them
@@ -96,9 +96,9 @@ def test_generate_reports_cut_samples_and_token_counts(backend, image_id):
 def test_img_size_changes_the_image_tokens(backend, mixed_batch):
     images, prompts = mixed_batch
     native = backend.encode(images[:2], prompts[:2])
-    assert native.image_tokens == 64 and native.inputs["pixel_values"].shape[-1] == 64  # tiny model: 64 px, patch 8
+    assert native.image_tokens == 16 and native.inputs["pixel_values"].shape[-1] == 64  # tiny model: 64 px, patch 16
     small = backend.generate(images[:2], prompts[:2], max_new_tokens=4, img_size=32)
-    assert [o.image_tokens for o in small] == [16, 16]  # (32 / 8)^2
+    assert [o.image_tokens for o in small] == [4, 4]  # (32 / 16)^2
     assert backend.encode(images[:1], prompts[:1], img_size=32).inputs["pixel_values"].shape[-2:] == (32, 32)
     # at the native size the interpolation hook changes nothing
     assert [o.token_ids for o in backend.generate(images[:2], prompts[:2], max_new_tokens=4, img_size=64)] == \
@@ -137,9 +137,9 @@ def test_measure_reports_cut_prompts_image_tokens_and_skipped_images(backend, im
     cap = sorted(lengths)[0]  # the shortest fits, the other two are cut
     m = la.measure(backend, samples, max_input_len=cap, img_size=32, max_new_tokens=2, warmup=0, idle_seconds=0)
     assert m.config["truncated_samples"] == sum(n > cap for n in lengths) == 2
-    assert m.config["image_tokens"] == 16 and m.config["img_size"] == 32
+    assert m.config["image_tokens"] == 4 and m.config["img_size"] == 32
     assert len(m.config["skipped_samples"]) == 1 and m.flops is not None  # the FLOP pass ran at 32 px too
     table = str(m)
-    assert "2 prompts cut" in table and "16 image tokens per image" in table and "1 samples skipped" in table
+    assert "2 prompts cut" in table and "4 image tokens per image" in table and "1 samples skipped" in table
     assert la.measure(backend, samples, max_new_tokens=2, warmup=0, idle_seconds=0,
                       count_flops=False).config["truncated_samples"] == 0

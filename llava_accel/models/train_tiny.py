@@ -5,6 +5,13 @@ of synthetic samples and writes weights, tokenizer, processor and a model card t
 seeds >= ``TRAIN_SEED_BASE``; the held-out scores are measured with greedy decoding on seeds below it, which
 training never sees. The loss counts only answer tokens (the prompt is given, as in LLaVA's instruction tuning).
 Same seed and thread count -> same weights and same held-out scores.
+
+Known limits (measured on a shared 2-core CPU): multiple choice (``synthetic-scienceqa``) stays at chance. The
+model sees the colour (it captions it), but matching that colour to an option and answering the option's letter
+needs an induction-like circuit, which did not form within 1,800 mixed steps nor within 300 more ScienceQA-heavy
+steps from a checkpoint. What made the other tasks learnable: initializer_range 0.1 instead of 0.02 (at 0.02 no
+model used the image within 200 steps), GPT-2's residual scaling, answer-only loss, and words and shapes drawn at
+(near) fixed places (a word moved by +-2 px over 16-px patches stayed at chance for 250 steps).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ class TrainConfig:
     """The recipe. ``vision_lr`` covers vision tower and projector, which must learn from scratch to see."""
 
     seed: int = 0
-    steps: int = 2200
+    steps: int = 1800
     batch_size: int = 16
     lr: float = 2e-3
     vision_lr: float = 2e-3
@@ -43,8 +50,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    # reading and multiple choice start later than captioning, so they get more steps
-    task_weights: dict[str, int] = field(default_factory=lambda: {"synthetic-coco": 1, "synthetic-textvqa": 2,
+    # reading is learned first (~100 steps alone); captions and letter matching need more steps
+    task_weights: dict[str, int] = field(default_factory=lambda: {"synthetic-coco": 2, "synthetic-textvqa": 1,
                                                                   "synthetic-scienceqa": 2})
     eval_every: int = 250
     eval_samples: int = 48  # per task, during training
@@ -151,7 +158,21 @@ def build(spec: TinySpec, seed: int):
     processor = build_processor(tokenizer, spec)
     model = build_model(tiny_config(spec, tokenizer), device="cpu", dtype=torch.float32, seed=seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    scale_residual_init(model, spec)
     return model, processor
+
+
+def scale_residual_init(model, spec: TinySpec) -> None:
+    """GPT-2's init: divide the weights that write into the residual stream by sqrt(2 x layers).
+
+    Each layer then starts close to the identity, so the 8-layer text model trains like a shallow one at first;
+    without it, it never started to read the image within our budget (a 2-layer model did after ~100 steps).
+    """
+    for name, p in model.named_parameters():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            p.data.div_(math.sqrt(2 * spec.text_layers))
+        elif name.endswith(("out_proj.weight", "fc2.weight")) and "vision_tower" in name:
+            p.data.div_(math.sqrt(2 * spec.vision_layers))
 
 
 def optimizer_for(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -238,6 +259,9 @@ def model_card(card: dict, n_params: int) -> str:
         got = f"{final['scores'][t][m]:.3f}" if final else "(training)"
         blank = f"{final['blank_image_scores'][t][m]:.3f}" if final else ""
         rows.append(f"| {t} | {m} | {op} {v:g} | {got} | {blank} |")
+    unmet = [f"- {t}: {final['scores'][t][TARGETS[t][0]]:.3f} (target {TARGETS[t][1]} {TARGETS[t][2]:g}); answers "
+             f"at chance level, see `llava_accel/models/train_tiny.py` (Known limits)"
+             for t, ok in (final["meets_targets"] if final else {}).items() if not ok]
     evals = "\n".join(f"- step {e['step']}: {format_scores(e['scores'])}" for e in card["evals"]) or "- (none)"
     return f"""# llava_accel default model: a tiny LLaVA trained on the synthetic tasks
 
@@ -261,8 +285,9 @@ on the image, so a broken image path, prompt or metric shows up as a score drop.
 - Data: a fresh stream of synthetic samples, one task per step in the cycle {cfg['task_weights']}, batch
   {cfg['batch_size']}, from seeds >= {TRAIN_SEED_BASE:,} (step s of seed k uses seed {TRAIN_SEED_BASE:,} x (k+1) + s).
   Held-out scores use seed {HELDOUT_SEED} (the default of `load_task`), never seen in training. The tasks' sample
-  spaces are small (e.g. 12 words x 13 x 13 positions), so a held-out image can equal a training image; the
-  scores show the model reads the image, not that it generalises beyond the synthetic tasks.
+  spaces are small on purpose (each word is drawn at one fixed place, so `synthetic-textvqa` has 12 distinct
+  images; shapes vary in colour, kind, size and by +-2 px in position), so a held-out image can equal a training
+  image: the scores show that the model reads the image, not that it generalises beyond the synthetic tasks.
 - Loss on answer tokens (+ EOS) only. AdamW (betas 0.9/0.98, weight decay {cfg['weight_decay']}), learning rate
   {cfg['lr']:g} (text) and {cfg['vision_lr']:g} (vision tower + projector), {cfg['warmup']} warm-up steps, cosine decay
   to {cfg['min_lr_ratio']:g}x, gradient clip {cfg['grad_clip']}, {cfg['steps']} steps, fp32.
@@ -274,7 +299,7 @@ on the image, so a broken image path, prompt or metric shows up as a score drop.
 ## Scores (greedy decoding, {final['n'] if final else '-'} held-out samples per task, seed {HELDOUT_SEED})
 {chr(10).join(rows)}
 
-WER in percent, against the best of each caption's references, and the native metrics as `measure()` computes
+{"## Targets not met" + chr(10) + chr(10).join(unmet) + chr(10) + chr(10) if unmet else ""}WER in percent, against the best of each caption's references, and the native metrics as `measure()` computes
 them (docs/metrics.md): VQA accuracy (EvalAI; all 10 references are the word, so it is exact match after
 normalisation) and letter accuracy. The marker file `llava_accel.json` also holds CIDEr and lmms-eval's strict
 letter match. "blank images": the same prompts with all-white images; the drop shows the answers come from the
