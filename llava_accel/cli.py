@@ -213,6 +213,20 @@ def _add_flops_args(p: argparse.ArgumentParser) -> None:
                    help="LM head on every prompt position (a plain forward; default) or the last one (as generate)")
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import cli
+
+    return cli(args.model, args.limit, args.batch_size, args.out, args.backends)
+
+
+def _add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="hub id or local folder (default: the embedded tiny model)")
+    p.add_argument("--backends", default=None, help="comma-separated backends (default: every one that runs here)")
+    p.add_argument("--limit", type=int, default=8, help="samples per task (default 8)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out", default=None, help="folder for the JSON results (default: llava-accel-demo-TIMESTAMP)")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .study.report import write_report
 
@@ -258,6 +272,7 @@ def _add_eagle_train_args(p: argparse.ArgumentParser) -> None:
 # name -> (function, help, adds the command's arguments). A new subcommand is one function and one row here.
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]] = {
     "backends": (cmd_backends, "list the backends and whether each can run here", lambda p: None),
+    "demo": (cmd_demo, "every backend that runs here on the synthetic tasks: one comparison table", _add_demo_args),
     "generate": (cmd_generate, "answer one prompt about one image", _add_generate_args),
     "eagle-train": (cmd_eagle_train, "train an EAGLE draft head for a model", _add_eagle_train_args),
     "measure": (cmd_measure, "quality, latency, energy, FLOPs and memory of a backend on a task", _add_measure_args),

@@ -1,0 +1,138 @@
+"""``llava-accel demo``: every backend that runs here, on one model and the three synthetic tasks, in one table.
+
+Each backend is measured with ``measure()`` on the same samples. The first one (``eager`` where CUDA is present,
+else ``cpu``) is the reference: every other backend's answers are compared with its answers (share identical).
+By default every backend available here runs; ``--backends eager,cpu`` picks some, and without CUDA a
+picked backend that defaults to CUDA runs on the CPU in fp32 where it can. Full results go to a folder, one JSON per backend and task, plus ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .errors import LlavaAccelError
+from .measure import measure
+from .registry import backend_class, list_backends, load_backend
+from .tasks import SYNTHETIC_TASKS
+
+DEMO_TASKS = tuple(SYNTHETIC_TASKS)
+
+
+@dataclass
+class DemoRow:
+    """One backend on one task: the figures of the comparison table (units in the names)."""
+
+    backend: str
+    task: str
+    device: str = ""
+    dtype: str = ""
+    wer_percent: float | None = None
+    native: str = ""  # "name value" of the task's own metric
+    latency_ms_per_sample: float | None = None
+    ttft_ms: float | None = None  # per batch
+    ms_per_token: float | None = None  # decode phase
+    energy_j_per_sample: float | None = None
+    energy_source: str = ""  # e.g. "estimated (cpu-tdp)", "measured (nvml-energy-counter)"
+    gflops_per_sample: float | None = None
+    agreement: float | None = None  # share of answers identical to the reference backend's (token by token)
+    reference: str = ""
+    valid: bool | None = None
+    skipped: str = ""  # why the backend did not run
+
+
+def demo_backends(names: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(name, options) of the backends to run, the reference first: by default every backend available here.
+
+    A backend named in ``names`` that only lacks CUDA runs with ``device='cpu', dtype='float32'``; one that cannot
+    run at all stays in the list and shows up in the table as skipped, with the reason.
+    """
+    cuda = torch.cuda.is_available()
+    available = {i.name: i.available for i in list_backends()}
+    chosen = []
+    for name in names if names is not None else [n for n, ok in available.items() if ok]:
+        cpu_fallback = not available.get(name, True) and not cuda and \
+            backend_class(name).unavailable_reason(device="cpu", dtype="float32") is None
+        chosen.append((name, {"device": "cpu", "dtype": "float32"} if cpu_fallback else {}))
+    reference = "eager" if cuda else "cpu"
+    return sorted(chosen, key=lambda c: c[0] != reference)
+
+
+def _row(name: str, task: str, result, reference: str) -> DemoRow:
+    d = result.config["backend"]
+    lat, energy, n = result.latency, result.energy, max(1, len(result.predictions))
+    native = next(iter(result.native.items()), None)
+    return DemoRow(
+        name, task, d.get("device", ""), d.get("dtype", ""), result.wer,
+        f"{native[0]} {native[1]:.3f}" if native else "",
+        lat.per_sample_s * 1e3 if lat.per_sample_s is not None else None,
+        lat.ttft.mean * 1e3 if lat.ttft else None, lat.tpot.mean * 1e3 if lat.tpot else None,
+        energy.joules_per_sample, energy.source if energy.label == energy.source else f"{energy.label} ({energy.source})",
+        result.flops.total / n / 1e9 if result.flops else None,
+        result.drift.identical if result.drift else (1.0 if name == reference else None), reference,
+        result.validity.valid)
+
+
+def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit: int = 8, batch_size: int = 4,
+             out_dir: str | Path | None = None, backends: Sequence[tuple[str, dict]] | None = None,
+             log: Callable[[str], None] = print) -> tuple[list[DemoRow], Path]:
+    """Measure every backend on every task; return the table's rows and the folder the JSON went to."""
+    out = Path(out_dir or f"llava-accel-demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    backends = list(backends if backends is not None else demo_backends())
+    rows, references = [], {}
+    for name, options in backends:
+        try:
+            backend = load_backend(name, model=model, **options)
+        except LlavaAccelError as exc:  # e.g. a draft head missing for this model: say so, measure the others
+            rows += [DemoRow(name, t, skipped=str(exc)) for t in tasks]
+            log(f"{name}: skipped ({exc})")
+            continue
+        for task in tasks:
+            result = measure(backend, task, batch_size=batch_size, limit=limit, warmup=1, idle_seconds=0,
+                             progress=False, reference=references.get(task))
+            references.setdefault(task, result)
+            result.to_json(out / f"{name}-{task}.json")
+            rows.append(_row(name, task, result, backends[0][0]))
+        del backend
+    (out / "summary.json").write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+    return rows, out
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_rows(rows: Sequence[DemoRow]) -> str:
+    """The comparison table, one line per backend and task."""
+    head = ("backend", "device", "dtype", "task", "WER %", "native", "ms/sample", "TTFT ms", "ms/token", "J/sample",
+            "energy source", "GFLOP/sample", "agree")
+    lines = [head]
+    for r in rows:
+        if r.skipped:
+            lines.append((r.backend, "", "", r.task.removeprefix("synthetic-"), f"skipped: {r.skipped}",
+                          *[""] * 8))
+            continue
+        lines.append((r.backend, r.device, r.dtype, r.task.removeprefix("synthetic-"), _fmt(r.wer_percent, ".1f"),
+                      r.native, _fmt(r.latency_ms_per_sample, ".1f"), _fmt(r.ttft_ms, ".1f"), _fmt(r.ms_per_token, ".2f"),
+                      _fmt(r.energy_j_per_sample, ".3f"), r.energy_source, _fmt(r.gflops_per_sample, ".3f"),
+                      _fmt(r.agreement, ".0%")))
+    widths = [max(len(line[c]) for line in lines if not (line[4].startswith("skipped") and c == 4))
+              for c in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def cli(model: str | None, limit: int, batch_size: int, out_dir: str | None, names: str | None) -> int:
+    """``llava-accel demo``: run, print the table, say where the JSON went."""
+    backends = demo_backends(names.split(",") if names else None)
+    start = time.perf_counter()
+    rows, out = run_demo(model, limit=limit, batch_size=batch_size, out_dir=out_dir, backends=backends)
+    print(format_rows(rows))
+    print(f"agree: answers identical to {backends[0][0]}'s on the same samples; "
+          f"{limit} samples per task; {time.perf_counter() - start:.0f} s in all; full results in {out}/")
+    return 0

@@ -1,0 +1,39 @@
+"""``llava-accel demo`` end to end on the CPU: every row of the table, the JSON it writes, and skipped backends."""
+
+import json
+from dataclasses import fields
+
+from llava_accel.cli import main
+from llava_accel.demo import DEMO_TASKS, DemoRow, demo_backends, format_rows, run_demo
+
+
+def test_demo_measures_each_backend_on_each_task_and_writes_json(tmp_path):
+    backends = [("eager", {"device": "cpu", "dtype": "float32"}), ("cpu", {"dtype": "float32"}), ("no-such", {})]
+    rows, out = run_demo(limit=2, batch_size=2, out_dir=tmp_path, backends=backends, log=lambda _: None)
+    assert [(r.backend, r.task) for r in rows] == [(b, t) for b, _ in backends for t in DEMO_TASKS]
+    for r in rows[:6]:
+        assert r.device == "cpu" and r.dtype == "float32" and r.reference == "eager" and not r.skipped
+        assert r.wer_percent is not None and r.native and r.latency_ms_per_sample > 0 and r.gflops_per_sample > 0
+        assert r.energy_source and r.energy_j_per_sample is not None
+        assert (out / f"{r.backend}-{r.task}.json").exists()
+    # eager and cpu in fp32 on the same samples give the same tokens (the backends' own tests say so too)
+    assert [r.agreement for r in rows[:6]] == [1.0] * 6
+    assert all("unknown backend 'no-such'" in r.skipped for r in rows[6:])
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary) == 9 and set(summary[0]) == {f.name for f in fields(DemoRow)}
+    table = format_rows(rows)
+    assert table.splitlines()[0].split()[:4] == ["backend", "device", "dtype", "task"]
+    assert "skipped: unknown backend 'no-such'" in table
+
+
+def test_demo_defaults_to_the_backends_available_here_reference_first():
+    chosen = demo_backends()
+    assert chosen[0] == ("cpu", {})  # no CUDA on this machine: cpu is the reference
+    assert demo_backends(["eager", "cpu"]) == [("cpu", {}), ("eager", {"device": "cpu", "dtype": "float32"})]
+
+
+def test_demo_command_prints_the_table(tmp_path, capsys):
+    assert main(["demo", "--backends", "cpu", "--limit", "1", "--batch-size", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ms/sample" in out and "GFLOP/sample" in out and str(tmp_path) in out
+    assert len(list(tmp_path.glob("cpu-synthetic-*.json"))) == 3
