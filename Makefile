@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/llava-accel backends
 	$(BIN)/llava-accel generate --backend cpu --image examples/images/word.png --prompt "What word is written in the image?"
+	$(BIN)/llava-accel demo
 
 test: setup
 	$(BIN)/python -m pytest -q
