@@ -95,7 +95,7 @@ class DataParallel:
 
     def describe(self) -> dict[str, Any]:
         return {"processes": self.world, "processes_per_node": self.local_world,
-                "sharding": f"batch i runs on process i mod {self.world}", "launcher_timeout_s": self.timeout_s}
+                "sharding": f"batch i runs on process i mod {self.world}", "timeout_s": self.timeout_s}
 
     def exchange(self, payload: Any, what: str) -> list[Any]:
         """Every process's ``payload`` in rank order, on every process. Raises a ``DataParallelError`` naming the
@@ -282,10 +282,10 @@ class MeterSummary:
         return "measured" if self.measured else "estimated"
 
 
-def merge(run: Any, parts: list[Part]) -> Any:
-    """One ``_Run`` holding every process's batches in the original order, as if one process had timed them all;
-    throughput and energy rates are over the slowest process's timed time."""
-    world = len(parts)
+def merge(run: Any, parts: list[Part], world: int) -> Any:
+    """One ``_Run`` holding the processes' batches in the original order, as if one process had timed them all;
+    throughput and energy rates are over the slowest process's timed time. ``parts``: all ``world`` processes', or
+    fewer when some did not answer."""
     ordered = []
     for p in parts:
         offset = 0
@@ -298,7 +298,7 @@ def merge(run: Any, parts: list[Part]) -> Any:
         run, records=[r for _, r, _ in ordered], predictions=[x for _, _, preds in ordered for x in preds],
         truncated=[i for p in parts for i in p.truncated],
         image_tokens=next((p.image_tokens for p in parts if p.image_tokens is not None), None),
-        interrupted=any(p.interrupted or p.error for p in parts), meter=_merge_meters(parts),
+        interrupted=len(parts) < world or any(p.interrupted or p.error for p in parts), meter=_merge_meters(parts),
         idle_w=None if any(p.idle_w is None for p in parts) else sum(p.idle_w for p in parts),
         wall_s=max(p.latency.total_s for p in parts), flops=None,
         flop_error=next((p.flop_error for p in busy if p.flop_error), None),
@@ -311,8 +311,9 @@ def merge(run: Any, parts: list[Part]) -> Any:
     return merged
 
 
-def complete(result: MeasureResult, parts: list[Part]) -> MeasureResult:
-    """What ``_Run.result`` reads from the live process, replaced by every process's: the result is the same on all."""
+def complete(result: MeasureResult, parts: list[Part], lost: Exception | None = None) -> MeasureResult:
+    """What ``_Run.result`` reads from the live process, replaced by every process's: the result is the same on all.
+    ``lost``: why only this process's part is there."""
     busy = [p for p in parts if p.records] or parts
     result.memory = _merge_memory(parts)
     result.environment = parts[0].environment
@@ -325,7 +326,8 @@ def complete(result: MeasureResult, parts: list[Part]) -> MeasureResult:
     idle = [str(p.rank) for p in parts if not p.records and not p.error]
     if idle:
         result.notes.append(f"process(es) {', '.join(idle)} had no batch: fewer batches than processes")
-    result.notes += [p.error for p in parts if p.error]
+    result.notes += [p.error for p in parts if p.error] + ([f"only process {parts[0].rank}'s batches: {lost}"]
+                                                          if lost else [])
     return result
 
 

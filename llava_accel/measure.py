@@ -110,18 +110,25 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
             sys.stderr.write("\n")
     if count_flops and not run.interrupted and error is None and run.records:
         run.count_flops(flop_counter)
-    parts = dp.exchange(distributed.part(dp, run, error), "gathering the results") if dp else None
-    if parts:
-        run = distributed.merge(run, parts)
+    parts, lost = None, None
+    if dp:
+        own = distributed.part(dp, run, error)
+        try:
+            parts = dp.exchange(own, "gathering the results")
+        except distributed.DataParallelError as exc:  # a process hung or died: keep what this one measured
+            parts, lost = [own], exc
+        run = distributed.merge(run, parts, dp.world)
     result = run.result(min_timed_batches, max_cv)
     if parts:
-        distributed.complete(result, parts)
+        distributed.complete(result, parts, lost)
     result.config["duration_s"] = (datetime.now(timezone.utc) - started).total_seconds()
     if reference is not None:
         result.drift = compare(reference, result)
     if checkpoint:
         result.to_json(checkpoint)
-    if parts:  # after the checkpoint: a failed job keeps what every process measured
+    if parts:  # after the checkpoint: a failed job keeps what its processes measured
+        if lost:
+            raise lost
         dp.check([p.error for p in parts], error, "measure")
     return result
 

@@ -6,6 +6,7 @@ fast and exactly. tests/test_distributed_launch.py runs the real thing under ``a
 import dataclasses
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,21 +189,29 @@ def test_the_same_failure_everywhere_keeps_its_type(textvqa, monkeypatch):
     assert all(type(r) is torch.OutOfMemoryError for r in results), results
 
 
-def test_a_hung_process_times_out_with_its_number(textvqa, monkeypatch):
-    failed_after = {}
+@pytest.mark.parametrize("warmup, where", [(1, "warm-up"), (0, "gathering the results")])
+def test_a_hung_process_times_out_and_the_main_one_keeps_its_batches(textvqa, monkeypatch, tmp_path, warmup, where):
+    failed_after, path = {}, tmp_path / "m.json"
 
-    def work(dp):  # process 1 hangs in its warm-up, far longer than the timeout
+    def work(dp):  # process 1 hangs in its first call (warm-up, or its first timed batch), far beyond the timeout
         start = time.monotonic()
         try:
-            return quiet(EchoBackend(textvqa, hang_s=4.0 if dp.rank == 1 else 0.0), textvqa)
+            return quiet(EchoBackend(textvqa, hang_s=4.0 if dp.rank == 1 else 0.0), textvqa, warmup=warmup,
+                         checkpoint=path)
         finally:
             failed_after[dp.rank] = time.monotonic() - start
 
     results = run_threads(2, work, timeout_s=0.5, monkeypatch=monkeypatch)
     assert isinstance(results[0], DataParallelError), results
-    assert "warm-up: a process did not arrive within 0.5 s" in str(results[0])
+    assert f"{where}: a process did not arrive within 0.5 s" in str(results[0])
     assert distributed.TIMEOUT_ENV in str(results[0])
     assert failed_after[0] < 3.0  # the main process did not wait for the hung one
+    if warmup == 0:  # it had timed its batches 0 and 2: they are saved, marked incomplete
+        saved = MeasureResult.from_json(path)
+        assert [p.id for p in saved.predictions] == [s.id for s in textvqa[:2] + textvqa[4:]]
+        assert not saved.validity.checks["complete"] and "only process 0's batches" in saved.notes[-1]
+    else:
+        assert not path.exists()  # nothing was timed
 
 
 def test_processes_out_of_step_are_detected(monkeypatch):
@@ -256,11 +265,13 @@ def test_timeout_setting(monkeypatch):
 
 # -- device_map (accelerate big-model inference) --------------------------------------------------------------------
 def test_device_map_offload_gives_the_eager_tokens(mixed_batch, tmp_path):
-    """Weights split between the CPU and disk (max_memory), moved in by accelerate's hooks: same greedy tokens."""
+    """Weights split between the CPU and disk (max_memory: half the weights), moved in by accelerate's hooks: the
+    same greedy tokens."""
     images, prompts = mixed_batch
+    half = (Path(la.DEFAULT_MODEL) / "model.safetensors").stat().st_size // 2
     plain = la.load_backend("eager", device="cpu", dtype="float32")
-    spread = la.load_backend("eager", device="cpu", dtype="float32", device_map="auto",
-                             max_memory={"cpu": "1500KB"}, offload_folder=str(tmp_path / "offload"))
+    spread = la.load_backend("eager", device="cpu", dtype="float32", device_map="auto", max_memory={"cpu": half},
+                             offload_folder=str(tmp_path / "offload"))
     parts = spread.describe()["device_map_parts"]
     assert set(parts) == {"cpu", "disk"} and spread.device == torch.device("cpu") and spread.devices == [spread.device]
     assert ([o.token_ids for o in spread.generate(images, prompts, max_new_tokens=5)]

@@ -92,7 +92,7 @@ SCRIPT = """
     distributed.data_parallel().timeout_s = 5.0  # the barrier's wait; the launch's group timeout stays longer
     start = time.monotonic()
     try:
-        la.measure(Flaky("hang"), samples, **options)
+        la.measure(Flaky("hang"), samples, checkpoint="hung.json", **options)
     except distributed.DataParallelError as exc:
         say(stage="hang", error=str(exc), after_s=time.monotonic() - start)
         sys.exit(3)
@@ -133,7 +133,7 @@ def test_measure_sweep_failure_and_hang_under_accelerate_launch(tmp_path, one_th
 
     # measure: one result file, written by the main process; the table printed once; the single-process result
     assert stages["measure"]["code"] == 0 and done.stdout.count("verdict") == 1
-    assert set(os.listdir(tmp_path)) - files == {"result.json", "partial.json"}  # partial.json: the failure below
+    assert set(os.listdir(tmp_path)) - files == {"result.json", "partial.json", "hung.json"}  # the last two: below
     dp = MeasureResult.from_json(tmp_path / "result.json")
     backend = la.load_backend("cpu", dtype="float32", threads=max(1, default_threads() // 2))
     one = la.measure(backend, la.load_task("synthetic-textvqa", limit=5, seed=3), batch_size=2, max_new_tokens=4,
@@ -155,9 +155,15 @@ def test_measure_sweep_failure_and_hang_under_accelerate_launch(tmp_path, one_th
 
     # a failing process: every process raised its error; the main one kept what both measured
     assert "process 1 (cpu on" in stages["fail"]["error"] and "ValueError: bad pixel" in stages["fail"]["error"]
+    samples = la.load_task("synthetic-coco", limit=4)
     partial = MeasureResult.from_json(tmp_path / "partial.json")
-    assert len(partial.predictions) == 2 + 0 and not partial.validity.checks["complete"]
+    assert [p.id for p in partial.predictions] == [samples[0].id, samples[2].id]  # process 1 had timed none
+    assert not partial.validity.checks["complete"]
 
-    # a hung process: the main one gave up after the barrier's timeout, named it, and the launcher ended the job
-    assert "process 1 did not arrive within 5 s" in stages["hang"]["error"]
+    # a hung process: the main one gave up after the barrier's timeout, named it, kept its own batches (0 and 2),
+    # and the launcher ended the job
+    assert "gathering the results: process 1 did not arrive within 5 s" in stages["hang"]["error"]
     assert stages["hang"]["after_s"] < 60 and done.returncode != 0
+    hung = MeasureResult.from_json(tmp_path / "hung.json")
+    assert [p.id for p in hung.predictions] == [samples[0].id, samples[2].id]
+    assert not hung.validity.checks["complete"] and "only process 0's batches" in hung.notes[-1]
