@@ -40,7 +40,7 @@ class Recipe:
     module: str  # what it is imported as
     method: str  # what is called, in words
     dtypes: tuple[torch.dtype, ...]  # activation dtypes with a fast kernel (others are refused, not run slowly)
-    apply: Callable[[nn.Module, list[str], torch.dtype], None]  # (model, names of the Linear layers, dtype)
+    apply: Callable[[nn.Module, list[str]], None]  # (model, names of the Linear layers to quantise)
 
 
 @dataclass
@@ -82,9 +82,9 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _torchao(config_for: Callable[[nn.Linear], object | None]) -> Callable[[nn.Module, list[str], torch.dtype], None]:
+def _torchao(config_for: Callable[[nn.Linear], object | None]) -> Callable[[nn.Module, list[str]], None]:
     """A torchao ``quantize_`` over the named Linear layers; ``config_for(layer)`` picks its config (None: skip)."""
-    def apply(model: nn.Module, names: list[str], dtype: torch.dtype) -> None:
+    def apply(model: nn.Module, names: list[str]) -> None:
         from torchao.quantization import quantize_
 
         by_config: dict[str, tuple[object, set[str]]] = {}  # configs are unhashable: grouped by their repr
@@ -126,7 +126,7 @@ def _int8_weight_config(layer: nn.Linear) -> object:
     return Int8WeightOnlyConfig()
 
 
-def _quanto_int8(model: nn.Module, names: list[str], dtype: torch.dtype) -> None:
+def _quanto_int8(model: nn.Module, names: list[str]) -> None:
     """optimum-quanto qint8 weights: on CPU with bf16 activations its matmul is aten._weight_int8pack_mm."""
     from optimum.quanto import freeze, qint8, quantize
 
@@ -134,7 +134,7 @@ def _quanto_int8(model: nn.Module, names: list[str], dtype: torch.dtype) -> None
     freeze(model)
 
 
-def _torch_dynamic(model: nn.Module, names: list[str], dtype: torch.dtype) -> None:
+def _torch_dynamic(model: nn.Module, names: list[str]) -> None:
     """torch's own dynamic quantisation (fbgemm/x86 ``quantized::linear_dynamic``), per-channel int8 weights."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -143,7 +143,7 @@ def _torch_dynamic(model: nn.Module, names: list[str], dtype: torch.dtype) -> No
 
 FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
 # Chosen by measurement on CPU (docs/backends.md): the int8 weight-only and int4 CPU kernels are fast for bf16
-# activations only (their fp32/fp16 paths are 10-30x slower than not quantising), torch's dynamic int8 for fp32 only.
+# activations only (their fp32 paths are 9-28x slower than not quantising), torch's dynamic int8 for fp32 only.
 RECIPES: dict[tuple[str, str], Recipe] = {(r.mode, r.device): r for r in [
     Recipe("int8", "cpu", "optimum-quanto", "optimum.quanto", "quantize(weights=qint8): per-channel int8 weights, "
            "aten._weight_int8pack_mm", (BF16,), _quanto_int8),
@@ -259,7 +259,7 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str, dtyp
     modules = dict(model.named_modules())
     before = sum(linear_bytes(modules[n]) for n in names)
     with _quiet():
-        recipe.apply(model, names, dtype)
+        recipe.apply(model, names)
     modules = dict(model.named_modules())
     done, skipped = [n for n in names if is_quantized(modules[n])], [n for n in names if not is_quantized(modules[n])]
     groups = sorted({g for n in done if (g := getattr(modules[n].weight, "block_size", [0])[-1])}) if mode == "int4" \
