@@ -32,9 +32,10 @@ MIN_LOGPROB = -1e4  # floor for draft log-probabilities, so that scores stay fin
 class TreeConfig:
     """Shape of the draft. ``top_k=1`` with ``total_tokens=depth`` is a plain chain of ``depth`` tokens."""
 
-    depth: int = 5  # longest drafted path (tokens)
-    top_k: int = 4  # children per expanded node, and nodes expanded per depth
-    total_tokens: int = 16  # drafted nodes verified per step (the root comes on top)
+    # defaults tuned on the embedded model on a 2-core CPU (docs/eagle.md): there every verified token costs
+    depth: int = 4  # longest drafted path (tokens)
+    top_k: int = 2  # children per expanded node, and nodes expanded per depth
+    total_tokens: int = 6  # drafted nodes verified per step (the root comes on top)
 
     def __post_init__(self) -> None:
         most = self.top_k + (self.depth - 1) * self.top_k ** 2
@@ -43,7 +44,7 @@ class TreeConfig:
                              f"need depth >= 1, top_k >= 1 and 1 <= total_tokens <= {most}")
 
     @classmethod
-    def chain(cls, depth: int = 5) -> TreeConfig:
+    def chain(cls, depth: int = 4) -> TreeConfig:
         return cls(depth=depth, top_k=1, total_tokens=depth)
 
 
