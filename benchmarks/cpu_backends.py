@@ -100,9 +100,11 @@ def sweep(model_name: str, batches: list[int], rounds: int, new_tokens: int, dty
         reference = calls["eager"][0]["tokens"]
         rows = []
         for name in BACKENDS:
-            med = {k: statistics.median(c[k] for c in calls[name]) for k in ("latency_s", "cpu_s", "ttft_s", "decode_step_s")}
+            med = {k: statistics.median(c[k] for c in calls[name])
+                   for k in ("latency_s", "cpu_s", "ttft_s", "decode_step_s")}
             agree = drift(reference, calls[name][0]["tokens"])
-            rows.append({"model": model_name, "load_average_1min": os.getloadavg()[0], "params": sum(p.numel() for p in net.parameters()),
+            rows.append({"model": model_name, "load_average_1min": os.getloadavg()[0],
+                         "params": sum(p.numel() for p in net.parameters()),
                          "dtype": str(net.dtype).removeprefix("torch."), "batch": batch, "backend": name,
                          "prompt_len": prompt_len, "first_call_s": first[name], **med,
                          "rounds": [{k: c[k] for k in med} for c in calls[name]],

@@ -84,7 +84,8 @@ def test_options_reach_model_and_bad_options_are_one_line():
     d = b.describe()
     assert d["attention"] == "eager" and b.model.model.language_model.config._attn_implementation == "eager"
     assert b.model.model.vision_tower.config._attn_implementation == "eager"
-    assert (d["compile_mode"], d["fullgraph"], d["decode_compiled"]) == ("max-autotune", True, None)
+    assert (d["compile_mode"], d["fullgraph"], d["dynamic"]) == ("max-autotune", True, False)
+    assert d["decode_compiled"] is None  # known after the first call
     assert b.generation_kwargs()["compile_config"].mode == "max-autotune"
     with pytest.raises(la.LlavaAccelError, match=r"^unknown compile mode 'fast'; use one of default, "):
         la.load_backend("compile", device="cpu", mode="fast")

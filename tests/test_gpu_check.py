@@ -32,8 +32,8 @@ import torch
 torch.set_num_threads(1)  # a tiny model: threads only add synchronisation (and spin on a busy machine)
 loaded = gpu_check.random_llava(LlavaConfig(**d), "cpu", torch.float32)
 cpu = {{"device": "cpu", "dtype": "float32"}}
-gpu_check.run(loaded, [("eager", cpu), ("flash", {{}}), ("cpu", {{"dtype": "float32", "threads": 1}})], [2], Path({out!r}),
-              budget_s=600, timed_batches=2)
+backends = [("eager", cpu), ("flash", {{}}), ("cpu", {{"dtype": "float32", "threads": 1}})]
+gpu_check.run(loaded, backends, [2], Path({out!r}), budget_s=600, timed_batches=2)
 """
 
 

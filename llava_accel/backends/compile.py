@@ -101,8 +101,10 @@ class CompileBackend(EagerBackend):
     def __init__(self, model: str | LoadedModel | None = None, device: str | None = None, dtype: str | None = None,
                  attention: str | None = None, mode: str | None = None, fullgraph: bool = False,
                  parts: str = "decode", batch_buckets: Sequence[int] | None = BATCH_BUCKETS,
-                 cache_bucket: int = 128, **eager_options: Any) -> None:
-        """``eager_options`` (e.g. ``quantize``) go to ``EagerBackend``."""
+                 cache_bucket: int = 128, dynamic: bool | None = False, **eager_options: Any) -> None:
+        """``dynamic=False``: one graph specialised to each bucket's shapes. torch's default (None) turns a dimension
+        symbolic once it has seen two sizes, so the third bucket on would run a generic graph, unlike the first two.
+        ``eager_options`` (e.g. ``quantize``) go to ``EagerBackend``."""
         if mode is not None and mode not in MODES:
             raise LlavaAccelError(f"unknown compile mode '{mode}'; use one of {', '.join(MODES)}")
         if parts not in PARTS:
@@ -112,14 +114,14 @@ class CompileBackend(EagerBackend):
 
         # CUDA graphs remove the per-kernel launch cost that dominates a decode step; they do not exist on CPU
         self.mode = mode or ("reduce-overhead" if self.device.type == "cuda" else "default")
-        self.fullgraph, self.parts = fullgraph, parts
+        self.fullgraph, self.parts, self.dynamic = fullgraph, parts, dynamic
         self.batch_buckets, self.cache_bucket = tuple(batch_buckets or ()), cache_bucket
-        self.compile_config = CompileConfig(mode=self.mode, fullgraph=fullgraph)
+        self.compile_config = CompileConfig(mode=self.mode, fullgraph=fullgraph, dynamic=dynamic)
         self.compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
         for attr in ("_compiled_call", "_last_compile_config"):  # a model shared with an earlier backend
             self.model.__dict__.pop(attr, None)
         if "vision" in parts:  # never fullgraph: transformers' hidden-state capture takes a lock dynamo cannot trace
-            self.model.model.vision_tower.compile(mode=self.mode)
+            self.model.model.vision_tower.compile(mode=self.mode, dynamic=dynamic)
         self.events: list[CompileEvent] = []
         self.decode_compiled: bool | None = None  # known after the first call
         self.cache: Any = None  # the StaticCache, kept across calls
@@ -187,6 +189,7 @@ class CompileBackend(EagerBackend):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "compile_mode": self.mode, "fullgraph": self.fullgraph,
+                "dynamic": self.dynamic,
                 "compiled_parts": self.parts, "decode_compiled": self.decode_compiled,
                 "batch_buckets": list(self.batch_buckets), "cache_bucket": self.cache_bucket,
                 "static_cache": {"batch": self._cache_shape[0], "length": self._cache_shape[1]},
