@@ -12,6 +12,7 @@ on the machine slows both alike; per batch the median over rounds is kept. Repor
   divided by eagle; the time per decoded token divides it by the tokens after each row's first (EOS included);
 - end-to-end speed-up: whole ``generate`` call; the prefill (vision tower + prompt, identical in both) bounds it,
   and ``prefill share`` says by how much: the cpu backend's time to first token / its total time;
+- both speed-ups also in process CPU time (all threads), steadier than wall time when other work shares the machine;
 - mean acceptance length (tokens per verification forward per sequence, bonus token included) beside each number;
 - costs: one cpu decode step, and per eagle cycle the draft and verification time; ``head/step`` = time of one head
   forward (draft time / head forwards: includes tree building) / one cpu decode step = the draft/target cost ratio.
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import time
 from typing import Any
 
 import torch
@@ -33,18 +36,34 @@ from llava_accel.metrics.latency import TimingStreamer
 from llava_accel.tasks import load_task
 
 
+class CpuTimeStreamer(TimingStreamer):
+    """Also stamps the process's CPU time (all threads) at the first token and at the end: steadier than wall time
+    on a machine that other work shares (it counts this process's work, not its waiting)."""
+
+    def put(self, value: Any) -> None:
+        first = self.first_token_at
+        super().put(value)
+        if first is None and self.first_token_at is not None:
+            self.first_token_cpu = time.process_time()
+
+    def end(self) -> None:
+        super().end()
+        self.end_cpu = time.process_time()
+
+
 def timed(backend: Any, batch: list, max_new_tokens: int) -> dict[str, Any]:
-    streamer = TimingStreamer()
-    start = streamer.stamp()
+    streamer = CpuTimeStreamer()
+    start, start_cpu = streamer.stamp(), time.process_time()
     outputs = backend.generate([s.image for s in batch], [s.prompt for s in batch], max_new_tokens=max_new_tokens,
                                streamer=streamer)
-    end = streamer.stamp()
+    end, end_cpu = streamer.stamp(), time.process_time()
     tokens = [o.token_ids for o in outputs]
     # tokens after each row's first, EOS included (a row shorter than the budget stopped at EOS)
     lengths = [len(t) + (len(t) < max_new_tokens) for t in tokens]
     return {"latency_s": end - start, "ttft_s": streamer.first_token_at - start,
-            "decode_s": streamer.end_at - streamer.first_token_at, "decoded_tokens": sum(lengths) - len(lengths),
-            "decode_steps": max(lengths) - 1, "tokens": tokens}
+            "decode_s": streamer.end_at - streamer.first_token_at, "latency_cpu_s": end_cpu - start_cpu,
+            "decode_cpu_s": streamer.end_cpu - streamer.first_token_cpu,
+            "decoded_tokens": sum(lengths) - len(lengths), "decode_steps": max(lengths) - 1, "tokens": tokens}
 
 
 def run_batch_size(backends: dict[str, Any], samples: list, batch_size: int, rounds: int,
@@ -62,7 +81,7 @@ def run_batch_size(backends: dict[str, Any], samples: list, batch_size: int, rou
     out: dict[str, Any] = {"batch_size": batch_size, "batches": len(batches)}
     for name, per_batch in runs.items():
         out[name] = {key: sum(statistics.median(call[key] for call in calls) for calls in per_batch)
-                     for key in ("latency_s", "ttft_s", "decode_s")}
+                     for key in ("latency_s", "ttft_s", "decode_s", "latency_cpu_s", "decode_cpu_s")}
         for key in ("decoded_tokens", "decode_steps"):
             out[name][key] = sum(calls[0][key] for calls in per_batch)
     mismatches = sum(a["tokens"] != b["tokens"] for cpu_calls, eagle_calls in zip(runs["cpu"], runs["eagle"])
@@ -76,6 +95,8 @@ def run_batch_size(backends: dict[str, Any], samples: list, batch_size: int, rou
     out.update(
         identical_tokens=True, eagle_stats=stats,
         decode_speedup=cpu["decode_s"] / eagle["decode_s"], e2e_speedup=cpu["latency_s"] / eagle["latency_s"],
+        decode_speedup_cpu_time=cpu["decode_cpu_s"] / eagle["decode_cpu_s"],
+        e2e_speedup_cpu_time=cpu["latency_cpu_s"] / eagle["latency_cpu_s"],
         prefill_share=cpu["ttft_s"] / cpu["latency_s"],
         ms_per_decoded_token={"cpu": 1e3 * cpu["decode_s"] / cpu["decoded_tokens"],
                               "eagle": 1e3 * eagle["decode_s"] / eagle["decoded_tokens"]},
@@ -110,21 +131,22 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     samples = load_task(args.task, limit=args.samples, seed=args.seed)
     report = {"machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "python": platform.python_version()},
+                          "python": platform.python_version(), "load_average_at_start": os.getloadavg()},
               "model": cpu.describe()["model"], "weights": cpu.loaded.weights, "dtype": str(cpu.dtype),
               "head": eagle.head_path, "tree": eagle.describe()["tree"], "task": args.task,
               "samples": len(samples), "rounds": args.rounds, "max_new_tokens": args.max_new_tokens, "results": []}
     print(f"{report['machine']['cpu']}, {report['machine']['threads']} threads, {report['dtype']}; model "
           f"{report['model']} ({report['weights']}); tree {report['tree']}; {args.task}, {len(samples)} samples, "
-          f"{args.rounds} rounds, median per batch")
-    header = ("batch", "decode x", "e2e x", "tau", "prefill share", "ms/tok cpu", "ms/tok eagle", "cpu step ms",
+          f"{args.rounds} rounds, median per batch; load average {os.getloadavg()[0]:.1f}")
+    header = ("batch", "decode x", "e2e x", "decode x cpu-time", "e2e x cpu-time", "tau", "prefill share", "ms/tok cpu", "ms/tok eagle", "cpu step ms",
               "draft ms/cyc", "verify ms/cyc", "head/step", "verify/step")
     print("  ".join(header))
     for batch_size in [int(b) for b in args.batches.split(",")]:
         r = run_batch_size({"cpu": cpu, "eagle": eagle}, samples, batch_size, args.rounds, args.max_new_tokens)
         report["results"].append(r)
         tau = r["eagle_stats"]["mean_acceptance_length"]
-        cells = (batch_size, f"{r['decode_speedup']:.2f}", f"{r['e2e_speedup']:.2f}", f"{tau:.2f}",
+        cells = (batch_size, f"{r['decode_speedup']:.2f}", f"{r['e2e_speedup']:.2f}",
+                 f"{r['decode_speedup_cpu_time']:.2f}", f"{r['e2e_speedup_cpu_time']:.2f}", f"{tau:.2f}",
                  f"{100 * r['prefill_share']:.0f}%", f"{r['ms_per_decoded_token']['cpu']:.2f}",
                  f"{r['ms_per_decoded_token']['eagle']:.2f}", f"{r['cpu_step_ms']:.2f}",
                  f"{r['draft_ms_per_cycle']:.2f}", f"{r['verify_ms_per_cycle']:.2f}",

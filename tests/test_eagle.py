@@ -143,3 +143,11 @@ def test_measure_records_backend_stats_of_timed_batches_only(eagle):
     assert stats["mean_acceptance_length"] >= 1 and stats["target_forwards"] > 2
     assert "backend: mean_acceptance_length" in str(result)
     assert type(result).from_dict(result.to_dict()).backend_stats == stats
+
+
+def test_cpu_default_dtype_is_the_cpu_backends():
+    from llava_accel.backends.base import resolve_dtype
+    from llava_accel.backends.cpu import CpuBackend
+
+    assert la.load_backend("eagle", device="cpu").dtype == resolve_dtype(CpuBackend.default_dtype)
+    assert la.load_backend("eagle", device="cpu", dtype="float16").dtype == torch.float16

@@ -112,3 +112,26 @@ def test_trainer_rejects_unknown_task_before_loading(capsys):
 
     assert main(["eagle-train", "--out", "unused", "--task", "synthetic-coco,nope"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_grouped_kv_heads_and_unfused_projections_are_lossless(tmp_path, monkeypatch, mixed_batch):
+    """A random 4-layer model with 2 key/value heads for 4 query heads, its projections read unfused (the path
+    large models take), a random head: still exactly eager's tokens."""
+    from llava_accel.eagle import layer
+    from llava_accel.models import architecture, tiny
+
+    spec = tiny.TinySpec(text_layers=4)
+    tokenizer = tiny.build_tokenizer(tiny.default_corpus(n=100), spec.vocab_size)
+    config = tiny.tiny_config(spec, tokenizer)
+    config.text_config.num_key_value_heads = 2
+    model = architecture.build_model(config, device="cpu", seed=3)
+    tiny.save_tiny(tmp_path / "gqa", model, tiny.build_processor(tokenizer, spec), {"weights": "tiny-random"})
+    save_head(new_head(model, seed=4), _config(model), tmp_path / "head")
+    monkeypatch.setattr(layer, "FUSE_MAX_HIDDEN", 0)
+    options = {"model": str(tmp_path / "gqa"), "device": "cpu", "dtype": "float32"}
+    eagle = la.load_backend("eagle", head=str(tmp_path / "head"), tree="chain", depth=3, **options)
+    assert len(eagle.decoder._target_w[0].qkv) == 3 and eagle.model.config.text_config.num_key_value_heads == 2
+    images, prompts = mixed_batch
+    expected = la.load_backend("eager", **options).generate(images, prompts, max_new_tokens=12, min_new_tokens=12)
+    got = eagle.generate(images, prompts, max_new_tokens=12, min_new_tokens=12)
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]

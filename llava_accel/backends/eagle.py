@@ -1,9 +1,9 @@
 """``eagle``: lossless speculative decoding with an EAGLE draft head and an EAGLE-2 dynamic draft tree.
 
-Same model, preprocessing, device and dtype as ``eager``; only token generation differs (``llava_accel.eagle``):
-the head drafts a tree of likely continuations from the target's own features, the target verifies the whole tree
-in one forward, and the longest path that matches the target's greedy choices is kept, plus one token of the
-target's. The output is the target's greedy output; the speed-up depends on how many tokens each verification
+Same model, preprocessing, device and dtype as ``eager`` (on a CPU, without a dtype: the ``cpu`` backend's dtype);
+only token generation differs (``llava_accel.eagle``): the head drafts a tree of likely continuations from the
+target's own features, the target verifies the whole tree in one forward, and the longest path that matches the
+target's greedy choices is kept, plus one token of the target's. The output is the target's greedy output; the speed-up depends on how many tokens each verification
 keeps (``stats()["mean_acceptance_length"]``).
 """
 
@@ -18,6 +18,7 @@ import torch
 from ..eagle.decoding import EagleDecoder, TreeConfig
 from ..eagle.head import DEFAULT_HEAD, TRAIN_HINT, HeadError, load_head
 from ..models.loading import DEFAULT_MODEL
+from .cpu import CpuBackend
 from .eager import EagerBackend
 
 TREES = ("dynamic", "chain")
@@ -39,6 +40,8 @@ class EagleBackend(EagerBackend):
         depth = depth or defaults.depth
         self.tree = (TreeConfig.chain(depth) if tree == "chain" else
                      TreeConfig(depth, top_k or defaults.top_k, total_tokens or defaults.total_tokens))
+        if dtype is None and torch.device(device or self.default_device).type == "cpu":
+            dtype = CpuBackend.default_dtype  # fp16 on a CPU is emulated: slow, and not what `cpu` compares with
         super().__init__(model, device, dtype, attention)
         if head is None and Path(self.loaded.path).resolve() != Path(DEFAULT_MODEL).resolve():
             raise HeadError(f"the 'eagle' backend needs a draft head for '{self.loaded.model_id}'; "
