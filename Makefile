@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/llava-accel backends
-	$(BIN)/llava-accel generate --backend cpu --image examples/images/word.png --prompt "What word is written in the image?"
+	$(BIN)/llava-accel generate --backend cpu --image examples/images/word.png --prompt "$$(printf 'What word is written in the image?\nAnswer the question using a single word or phrase.')"
 	$(BIN)/llava-accel demo
 
 test: setup
