@@ -52,8 +52,9 @@ class TreeConfig:
 class EagleStats:
     """Counters over every ``generate`` call since the last reset.
 
-    ``mean_acceptance_length`` = tokens emitted by verification steps / (verification steps x rows still
-    generating): tokens per target forward per sequence, the bonus token included, the prefill's first token not.
+    ``mean_acceptance_length`` = tokens kept from verification steps / (verification steps x rows still
+    generating): tokens per target forward per sequence, the bonus token included, the prefill's first token not;
+    a step that reaches EOS or the token budget counts only the tokens up to it.
     """
 
     sequences: int = 0
@@ -62,7 +63,7 @@ class EagleStats:
     verify_forwards: int = 0  # target forwards after the prefill, one per draft-verify cycle (whole batch)
     head_forwards: int = 0
     active_row_steps: int = 0  # sum over verification steps of the rows still generating
-    accepted_tokens: int = 0  # tokens emitted by verification steps (bonus included)
+    accepted_tokens: int = 0  # tokens kept from verification steps (bonus included, none past EOS or the budget)
     prefill_s: float = 0.0
     draft_s: float = 0.0  # head forwards and tree building, including feeding accepted tokens to the head
     verify_s: float = 0.0  # target verification forwards, acceptance and KV compaction
@@ -216,9 +217,9 @@ class EagleDecoder:
             if g.done[b]:
                 continue
             stats.active_row_steps += 1
-            stats.accepted_tokens += c
             for t in tokens[:c]:
                 g.rows[b].append(t)
+                stats.accepted_tokens += 1
                 if t == self.eos or len(g.rows[b]) >= g.max_new_tokens:
                     g.done[b] = True
                     break
