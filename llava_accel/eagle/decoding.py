@@ -33,9 +33,9 @@ class TreeConfig:
     """Shape of the draft. ``top_k=1`` with ``total_tokens=depth`` is a plain chain of ``depth`` tokens."""
 
     # defaults tuned on the embedded model on a 2-core CPU (docs/eagle.md): there every verified token costs
-    depth: int = 4  # longest drafted path (tokens)
+    depth: int = 6  # longest drafted path (tokens)
     top_k: int = 2  # children per expanded node, and nodes expanded per depth
-    total_tokens: int = 6  # drafted nodes verified per step (the root comes on top)
+    total_tokens: int = 8  # drafted nodes verified per step (the root comes on top)
 
     def __post_init__(self) -> None:
         most = self.top_k + (self.depth - 1) * self.top_k ** 2
@@ -44,7 +44,7 @@ class TreeConfig:
                              f"need depth >= 1, top_k >= 1 and 1 <= total_tokens <= {most}")
 
     @classmethod
-    def chain(cls, depth: int = 4) -> TreeConfig:
+    def chain(cls, depth: int = 6) -> TreeConfig:
         return cls(depth=depth, top_k=1, total_tokens=depth)
 
 
