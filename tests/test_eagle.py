@@ -9,7 +9,7 @@ import llava_accel as la
 from llava_accel.tasks import SYNTHETIC_TASKS, synthetic_samples
 
 MAX_NEW = 24
-SAMPLES = 8  # per task
+SAMPLES = 16  # per task
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,16 @@ def test_lossless_against_eager(eager, eagle, task, batch_size):
     expected = _tokens(eager, samples, batch_size)
     assert _tokens(eagle, samples, batch_size) == expected
     assert all(len(t) > 0 for t in expected)
+
+
+@pytest.mark.parametrize("task", sorted(SYNTHETIC_TASKS))
+def test_lossless_past_the_answer(eager, eagle, task):
+    """Forced to MAX_NEW tokens the model continues past its answer, where its choices are far less certain (closer
+    logits) and the head guesses worse: the tokens must still be eager's."""
+    samples = synthetic_samples(task, 8, seed=12)
+    expected = _tokens(eager, samples, 4, min_new_tokens=MAX_NEW)
+    assert _tokens(eagle, samples, 4, min_new_tokens=MAX_NEW) == expected
+    assert all(len(t) == MAX_NEW for t in expected)
 
 
 def test_chain_and_wide_tree_are_lossless(eager, mixed_batch):
