@@ -17,7 +17,7 @@ import torch
 
 from ..eagle.decoding import EagleDecoder, TreeConfig
 from ..eagle.head import DEFAULT_HEAD, TRAIN_HINT, HeadError, load_head
-from ..models.loading import DEFAULT_MODEL
+from ..models.loading import DEFAULT_MODEL, LoadedModel
 from .cpu import CpuBackend
 from .eager import EagerBackend
 
@@ -31,9 +31,10 @@ class EagleBackend(EagerBackend):
     device_map_refusal = ("the draft head, its tree KV cache and the verification pass assume the whole model on "
                           "one device; use 'eager' (or 'flash') with device_map")
 
-    def __init__(self, model: str | None = None, device: str | None = None, dtype: str | torch.dtype | None = None,
-                 attention: str | None = None, head: str | None = None, tree: str = "dynamic",
-                 depth: int | None = None, top_k: int | None = None, total_tokens: int | None = None) -> None:
+    def __init__(self, model: str | LoadedModel | None = None, device: str | None = None,
+                 dtype: str | torch.dtype | None = None, attention: str | None = None, head: str | None = None,
+                 tree: str = "dynamic", depth: int | None = None, top_k: int | None = None,
+                 total_tokens: int | None = None) -> None:
         if tree not in TREES:
             raise ValueError(f"unknown draft tree '{tree}'; use one of {', '.join(TREES)}")
         defaults = TreeConfig() if tree == "dynamic" else TreeConfig.chain()
