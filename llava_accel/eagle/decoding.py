@@ -6,9 +6,10 @@ computes; each verification runs the language model's decoder layers on the tree
 mask and tree position ids, against a ``SlotCache``. Greedy acceptance makes the output the target's own greedy
 tokens whatever the head drafts: a bad head only costs speed.
 
-Per cycle and row: draft (1 + depth - 1 head forwards, all top-k nodes of a depth at once) -> verify (one target
-forward over ``total_tokens + 1`` nodes) -> accept the longest path that equals the target's choices, plus one bonus
-token -> compact the accepted KV entries -> feed the accepted tokens with their true target features to the head.
+Per step, for the whole batch: draft (``depth - 1`` head forwards, all top-k nodes of a depth in one) -> verify (one
+target forward over ``total_tokens + 1`` nodes) -> accept, per row, the longest path that equals the target's
+choices plus one bonus token -> compact the accepted KV entries -> feed the accepted tokens with their true target
+features to the head (one head forward).
 """
 
 from __future__ import annotations
