@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 
 import torch
 
 from eagle_speedup import run_batch_size
-from gpu_check import MODEL_ID, TEXT_TOKENS, random_llava, random_samples
+from gpu_check import MODEL_ID, TEXT_TOKENS, random_head, random_llava, random_samples
 
 TREES = {"default": {}, "chain": {"tree": "chain"}, "eagle2-paper": {"depth": 6, "top_k": 10, "total_tokens": 60}}
 
@@ -40,14 +39,10 @@ def main() -> int:
         return 0
 
     import llava_accel as la
-    from llava_accel.eagle.head import HeadConfig, fingerprint, new_head, save_head
     from llava_accel.models.architecture import load_config
 
     loaded = random_llava(load_config(MODEL_ID), "cuda", torch.float16)
-    text = loaded.model.config.text_config
-    head_dir = tempfile.mkdtemp(prefix="eagle-head-")
-    save_head(new_head(loaded.model), HeadConfig(MODEL_ID, fingerprint(loaded.model.lm_head), text.hidden_size,
-                                                 text.vocab_size, {"weights": "random"}), head_dir)
+    head_dir = random_head(loaded)
     samples = random_samples(loaded.processor, args.samples, TEXT_TOKENS, ragged=True)
     eager = la.load_backend("eager", model=loaded)
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -1,13 +1,19 @@
 """The GPU check: every available backend on the real LLaVA-1.5-7B architecture, random fp16 weights, no network.
 
-    python benchmarks/gpu_check.py [--out gpu_check.json] [--backends eager,flash,compile] [--batches 1,4,8,16]
+    python benchmarks/gpu_check.py [--out gpu_check.json] [--backends eager,flash,compile,eagle,eager+int8,eager+int4]
+                                   [--batches 1,4,8,16]
 
-For each backend and batch size: prompts of 780 tokens (576 image + 204 text), exactly 8 new tokens, timed by
+For each backend (``NAME+MODE``: with quantised weights) and batch size: prompts of 780 tokens (576 image + 204 text), exactly 8 new tokens, timed by
 ``llava_accel.measure`` (latency mean/p50/p90, TTFT, time per output token, energy and its source, FLOPs, MFU, peak
 memory), token agreement with ``eager`` on the same samples, and the physical floor beside each latency. The JSON is
 rewritten after every point, so an interrupted run keeps what it measured. Numbers on random weights are valid for
 latency, energy and FLOPs at a fixed output length, not for quality. Sized to finish in under 8 minutes on one
 H100/H200-class GPU; a point that would not fit the time budget is skipped and listed.
+
+``eagle`` runs with a random draft head (its guesses are rarely right, so it shows the overhead and that its tokens
+are eager's, not a speed-up; ``eagle_gpu_check.py`` looks closer). A quantised row gets its own copy of the random
+model (quantisation happens in place) with the same weights, so its agreement with ``eager`` is the drift that
+quantisation causes on random weights: say nothing of quality from it, that needs the real weights.
 
 The model is built once in memory from the shipped config and shared by the backends (no 13.5 GB checkpoint on
 disk). Its processor is CLIP at 336 px with a word-level tokenizer covering the model's 32064 ids, one token per
@@ -30,7 +36,7 @@ MODEL_ID = "llava-hf/llava-1.5-7b-hf"
 TEXT_TOKENS = 204  # + 576 image tokens = the reference study's 780-token prompt
 NEW_TOKENS = 8
 BATCHES = (1, 4, 8, 16)
-BACKENDS = ("eager", "flash", "compile")  # eager first: it is the reference for token agreement
+BACKENDS = ("eager", "flash", "compile", "eagle", "eager+int8", "eager+int4")  # eager first: the reference
 TIMED_BATCHES = 5  # measure() calls a result valid from 5 timed batches on
 WARMUP = 2  # the first warm-up call of `compile` pays its compilation
 BUDGET_S = 450.0
@@ -65,6 +71,32 @@ def random_llava(config: Any, device: str, dtype: torch.dtype, name: str = MODEL
 
     model = build_model(config, device=device, dtype=dtype, seed=seed)
     return LoadedModel(model, word_processor(config), name, path="", weights="random")
+
+
+def random_head(loaded: Any, seed: int = 0) -> str:
+    """A folder holding a random EAGLE draft head for ``loaded``'s model (so ``eagle`` runs without a trained one)."""
+    import tempfile
+
+    from llava_accel.eagle.head import HeadConfig, fingerprint, new_head, save_head
+
+    text = loaded.model.config.text_config
+    out = tempfile.mkdtemp(prefix="eagle-head-")
+    save_head(new_head(loaded.model, seed), HeadConfig(loaded.model_id, fingerprint(loaded.model.lm_head),
+                                                       text.hidden_size, text.vocab_size, {"weights": "random"}), out)
+    return out
+
+
+def parse_rows(labels: str, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """'eager,eager+int8' -> [('eager', options), ('eager', {**options, 'quantize': 'int8'})]."""
+    rows = []
+    for label in labels.split(","):
+        name, _, mode = label.partition("+")
+        rows.append((name, {**options, **({"quantize": mode} if mode else {})}))
+    return rows
+
+
+def row_label(name: str, options: dict[str, Any]) -> str:
+    return f"{name}+{options['quantize']}" if options.get("quantize") else name
 
 
 def random_samples(processor: Any, n: int, text_tokens: int = TEXT_TOKENS, seed: int = 0,
@@ -153,7 +185,8 @@ def point(backend: Any, samples: Sequence, batch: int, reference: Any, bandwidth
 
     m = measure(backend, samples, batch_size=batch, max_input_len=None, max_new_tokens=new_tokens,
                 fixed_new_tokens=True, warmup=WARMUP, progress=False, reference=reference)
-    row: dict[str, Any] = {"backend": backend.name, "batch": batch, "describe": backend.describe(),
+    row: dict[str, Any] = {"backend": row_label(backend.name, {"quantize": getattr(backend, "quantize", None)}),
+                           "batch": batch, "describe": backend.describe(),
                            "latency_s": _stats(m.latency.per_batch), "ttft_s": _stats(m.latency.ttft),
                            "tpot_s": _stats(m.latency.tpot), "per_sample_s": m.latency.per_sample_s,
                            "energy": {"joules_per_sample": m.energy.joules_per_sample, "source": m.energy.source,
@@ -190,6 +223,7 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
     A point is not started when the time already spent plus the projected cost of that point passes ``budget_s``.
     """
     from llava_accel.metrics import environment
+    from llava_accel.quantize import unsupported_reason
     from llava_accel.registry import backend_class, load_backend
 
     start = time.monotonic()
@@ -204,18 +238,26 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
     samples = random_samples(loaded.processor, max(batches) * timed_batches, text_tokens, ragged=ragged)
     references: dict[int, Any] = {}  # eager's result per batch size
     for name, options in backends:
+        label, placement = row_label(name, options), {k: options.get(k) for k in ("device", "dtype")}
         reason = backend_class(name).unavailable_reason(**{
             k: v for k, v in options.items() if k in ("device", "dtype", "attention")})
+        if not reason and options.get("quantize"):
+            reason = unsupported_reason(options["quantize"], placement["device"] or device, loaded.model.dtype)
         if reason:
-            report["skipped"].append({"backend": name, "reason": reason})
+            report["skipped"].append({"backend": label, "reason": reason})
             continue
-        backend = load_backend(name, model=loaded, **options)
+        model = loaded
+        if options.get("quantize"):  # quantised in place: a copy with the same random weights
+            model = random_llava(loaded.model.config, device, loaded.model.dtype, name=loaded.model_id)
+        if name == "eagle" and "head" not in options:
+            options = {**options, "head": random_head(model)}
+        backend = load_backend(name, model=model, **options)
         last = None  # this backend's last point: (seconds, of which compiling, batch)
         for batch in batches:
             elapsed = time.monotonic() - start
             projected = 0.0 if last is None else (last[0] - last[1]) * batch / last[2] + last[1]
             if elapsed + projected > budget_s:
-                report["skipped"].append({"backend": name, "batch": batch, "reason": f"time budget: {elapsed:.0f} s "
+                report["skipped"].append({"backend": label, "batch": batch, "reason": f"time budget: {elapsed:.0f} s "
                                           f"of {budget_s:.0f} s used, this point needs ~{projected:.0f} s"})
                 continue
             compiled_before = len(backend.describe().get("compile_events", []))
@@ -228,7 +270,7 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
             report["points"].append(row)
             print(format_row(row), flush=True)
             out.write_text(json.dumps(report, indent=1, default=str))
-        del backend
+        del backend, model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     report["duration_s"] = time.monotonic() - start
@@ -236,7 +278,7 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
     return report
 
 
-HEADER = (f"{'backend':<8} {'batch':>5} {'latency ms':>10} {'p90 ms':>8} {'floor ms':>8} {'x floor':>7} "
+HEADER = (f"{'backend':<12} {'batch':>5} {'latency ms':>10} {'p90 ms':>8} {'floor ms':>8} {'x floor':>7} "
           f"{'TTFT ms':>8} {'TPOT ms':>8} {'J/sample':>9} {'MFU %':>6} {'peak GiB':>8} {'agree':>6}")
 
 
@@ -250,7 +292,7 @@ def format_row(row: dict[str, Any]) -> str:
     lat, flr, fl = row.get("latency_s") or {}, row.get("floor") or {}, row.get("flops") or {}
     agree = row.get("agreement_with_eager", {}).get("identical_answers")
     peak = row["memory"]["device_peak_bytes"]
-    return (f"{row['backend']:<8} {row['batch']:>5} {ms(lat.get('mean')):>10} {ms(lat.get('p90')):>8} "
+    return (f"{row['backend']:<12} {row['batch']:>5} {ms(lat.get('mean')):>10} {ms(lat.get('p90')):>8} "
             f"{ms(flr.get('latency_s')):>8} {num(row.get('latency_over_floor'), '.2f'):>7} "
             f"{ms((row.get('ttft_s') or {}).get('mean')):>8} {ms((row.get('tpot_s') or {}).get('mean')):>8} "
             f"{num(row['energy']['joules_per_sample'], '.2f'):>9} "
@@ -285,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = random_llava(load_config(MODEL_ID), "cuda", torch.float16)
     print(f"gpu_check: {MODEL_ID} with random fp16 weights built in {time.monotonic() - started:.0f} s on "
           f"{torch.cuda.get_device_name()}; random weights: latency, energy, FLOPs only", flush=True)
-    extra = {"compile": {"mode": args.compile_mode}} if args.compile_mode else {}
-    backends = [(b, {"device": "cuda", "dtype": "float16", **extra.get(b, {})}) for b in args.backends.split(",")]
+    backends = [(name, {**options, **({"mode": args.compile_mode} if name == "compile" and args.compile_mode else {})})
+                for name, options in parse_rows(args.backends, {"device": "cuda", "dtype": "float16"})]
     report = run(loaded, backends, [int(b) for b in args.batches.split(",")], Path(args.out),
                  args.budget_s - (time.monotonic() - started), ragged=args.ragged)
     for skipped in report["skipped"]:

@@ -217,7 +217,7 @@ def _add_flops_args(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import cli
 
-    return cli(args.model, args.limit, args.batch_size, args.out, args.backends)
+    return cli(args.model, args.limit, args.batch_size, args.out, args.backends, not args.no_quantized)
 
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
@@ -226,6 +226,8 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=8, help="samples per task (default 8)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", default=None, help="folder for the JSON results (default: llava-accel-demo-TIMESTAMP)")
+    p.add_argument("--no-quantized", action="store_true",
+                   help="leave out the cpu backend's quantised rows (int8, int8-dynamic, int4)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

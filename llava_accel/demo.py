@@ -1,9 +1,11 @@
 """``llava-accel demo``: every backend that runs here, on one model and the three synthetic tasks, in one table.
 
 Each backend is measured with ``measure()`` on the same samples. The first one (``eager`` where CUDA is present,
-else ``cpu``) is the reference: every other backend's answers are compared with its answers (share identical).
-By default every backend available here runs; ``--backends eager,cpu`` picks some, and without CUDA a
-picked backend that defaults to CUDA runs on the CPU in fp32 where it can. Full results go to a folder, one JSON per backend and task, plus ``summary.json``.
+else ``cpu``) is the reference: every other row's answers are compared with its answers (share identical). By
+default every backend that can run here does: one that only lacks CUDA runs on the CPU in the ``cpu`` backend's
+dtype (so a lossless backend must agree 100%), and the ``cpu`` backend also runs with each quantisation mode this
+machine has kernels for. ``--backends eager,cpu`` picks some. Full results go to a folder, one JSON per row and
+task, plus ``summary.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ DEMO_TASKS = tuple(SYNTHETIC_TASKS)
 class DemoRow:
     """One backend on one task: the figures of the comparison table (units in the names)."""
 
-    backend: str
+    backend: str  # its label: the name, plus "+int8" etc. for a quantised row
     task: str
     device: str = ""
     dtype: str = ""
@@ -46,21 +48,41 @@ class DemoRow:
     skipped: str = ""  # why the backend did not run
 
 
-def demo_backends(names: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(name, options) of the backends to run, the reference first: by default every backend available here.
+def demo_backends(names: Sequence[str] | None = None, quantized: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """(name, options) of the rows to run, the reference first: by default every backend that runs here.
 
-    A backend named in ``names`` that only lacks CUDA runs with ``device='cpu', dtype='float32'``; one that cannot
-    run at all stays in the list and shows up in the table as skipped, with the reason.
+    A name may carry a quantize mode (``cpu+int8``). A backend that only lacks CUDA runs with ``device='cpu'`` in
+    the ``cpu`` backend's dtype; one that cannot run at all stays in the list and shows up in the table as skipped,
+    with the reason. By default (no ``names``) with ``quantized``, the ``cpu`` backend also runs with every
+    quantize mode that has a kernel here.
     """
+    from .backends.base import resolve_dtype
+    from .quantize import MODES, preferred_dtype, unsupported_reason
+
     cuda = torch.cuda.is_available()
-    available = {i.name: i.available for i in list_backends()}
+    cpu_dtype = backend_class("cpu").default_dtype
+    infos = {i.name: i for i in list_backends()}
+    if names is None:
+        names = [n for n, i in infos.items() if i.available or not cuda]
+        if quantized:
+            names += [f"cpu+{m}" for m in MODES
+                      if unsupported_reason(m, "cpu", preferred_dtype(m, "cpu", resolve_dtype(cpu_dtype))) is None]
     chosen = []
-    for name in names if names is not None else [n for n, ok in available.items() if ok]:
-        cpu_fallback = not available.get(name, True) and not cuda and \
-            backend_class(name).unavailable_reason(device="cpu", dtype="float32") is None
-        chosen.append((name, {"device": "cpu", "dtype": "float32"} if cpu_fallback else {}))
+    for label in names:
+        name, _, mode = label.partition("+")
+        options: dict[str, Any] = {"quantize": mode} if mode else {}
+        if name in infos and not infos[name].available and not cuda and \
+                backend_class(name).unavailable_reason(device="cpu", dtype=cpu_dtype) is None:
+            options = {"device": "cpu", "dtype": cpu_dtype, **options}
+        chosen.append((name, options))
     reference = "eager" if cuda else "cpu"
-    return sorted(chosen, key=lambda c: c[0] != reference)
+    quantized_row = lambda c: bool(c[1].get("quantize"))  # noqa: E731
+    return sorted(chosen, key=lambda c: (c[0] != reference or quantized_row(c), quantized_row(c)))
+
+
+def row_label(name: str, options: dict[str, Any]) -> str:
+    """'cpu', or 'cpu+int8' for a quantised row: the table's first column and the JSON files' prefix."""
+    return f"{name}+{options['quantize']}" if options.get("quantize") else name
 
 
 def _row(name: str, task: str, result, reference: str) -> DemoRow:
@@ -87,18 +109,19 @@ def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit:
     backends = list(backends if backends is not None else demo_backends())
     rows, references = [], {}
     for name, options in backends:
+        label = row_label(name, options)
         try:
             backend = load_backend(name, model=model, **options)
         except LlavaAccelError as exc:  # e.g. a draft head missing for this model: say so, measure the others
-            rows += [DemoRow(name, t, skipped=str(exc)) for t in tasks]
-            log(f"{name}: skipped ({exc})")
+            rows += [DemoRow(label, t, skipped=str(exc)) for t in tasks]
+            log(f"{label}: skipped ({exc})")
             continue
         for task in tasks:
             result = measure(backend, task, batch_size=batch_size, limit=limit, warmup=1, idle_seconds=0,
                              progress=False, reference=references.get(task))
             references.setdefault(task, result)
-            result.to_json(out / f"{name}-{task}.json")
-            rows.append(_row(name, task, result, backends[0][0]))
+            result.to_json(out / f"{label}-{task}.json")
+            rows.append(_row(label, task, result, backends[0][0]))
         del backend
     (out / "summary.json").write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
     return rows, out
@@ -112,11 +135,12 @@ def format_rows(rows: Sequence[DemoRow]) -> str:
     """The comparison table, one line per backend and task."""
     head = ("backend", "device", "dtype", "task", "WER %", "native", "ms/sample", "TTFT ms", "ms/token", "J/sample",
             "energy source", "GFLOP/sample", "agree")
-    lines = [head]
+    lines, skipped = [head], set()
     for r in rows:
-        if r.skipped:
-            lines.append((r.backend, "", "", r.task.removeprefix("synthetic-"), f"skipped: {r.skipped}",
-                          *[""] * 8))
+        if r.skipped:  # one line per backend: the reason is the same for every task
+            if r.backend not in skipped:
+                skipped.add(r.backend)
+                lines.append((r.backend, "", "", "all", f"skipped: {r.skipped}", *[""] * 8))
             continue
         lines.append((r.backend, r.device, r.dtype, r.task.removeprefix("synthetic-"), _fmt(r.wer_percent, ".1f"),
                       r.native, _fmt(r.latency_ms_per_sample, ".1f"), _fmt(r.ttft_ms, ".1f"), _fmt(r.ms_per_token, ".2f"),
@@ -127,9 +151,10 @@ def format_rows(rows: Sequence[DemoRow]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def cli(model: str | None, limit: int, batch_size: int, out_dir: str | None, names: str | None) -> int:
+def cli(model: str | None, limit: int, batch_size: int, out_dir: str | None, names: str | None,
+        quantized: bool = True) -> int:
     """``llava-accel demo``: run, print the table, say where the JSON went."""
-    backends = demo_backends(names.split(",") if names else None)
+    backends = demo_backends(names.split(",") if names else None, quantized)
     start = time.perf_counter()
     rows, out = run_demo(model, limit=limit, batch_size=batch_size, out_dir=out_dir, backends=backends)
     print(format_rows(rows))

@@ -23,13 +23,37 @@ def test_demo_measures_each_backend_on_each_task_and_writes_json(tmp_path):
     assert len(summary) == 9 and set(summary[0]) == {f.name for f in fields(DemoRow)}
     table = format_rows(rows)
     assert table.splitlines()[0].split()[:4] == ["backend", "device", "dtype", "task"]
-    assert "skipped: unknown backend 'no-such'" in table
+    assert table.count("skipped: unknown backend 'no-such'") == 1  # one line for all its tasks
 
 
-def test_demo_defaults_to_the_backends_available_here_reference_first():
+def test_a_quantised_row_is_labelled_and_compared_with_the_reference(tmp_path):
+    backends = [("cpu", {"dtype": "float32"}), ("cpu", {"quantize": "int8-dynamic"})]
+    rows, out = run_demo(tasks=["synthetic-coco"], limit=2, batch_size=2, out_dir=tmp_path, backends=backends,
+                         log=lambda _: None)
+    assert [r.backend for r in rows] == ["cpu", "cpu+int8-dynamic"]
+    assert rows[1].dtype == "float32" and rows[1].agreement is not None and rows[1].reference == "cpu"
+    saved = json.loads((out / "cpu+int8-dynamic-synthetic-coco.json").read_text())
+    assert saved["config"]["backend"]["quantize"] == "int8-dynamic"
+    assert saved["config"]["backend"]["quantization"]["quantized_linears"] > 0  # really quantised
+
+
+def test_demo_defaults_to_every_backend_that_runs_here_reference_first_quantised_last():
+    from llava_accel.quantize import MODES
+    from llava_accel.registry import backend_class
+
+    cpu_dtype = backend_class("cpu").default_dtype
     chosen = demo_backends()
     assert chosen[0] == ("cpu", {})  # no CUDA on this machine: cpu is the reference
-    assert demo_backends(["eager", "cpu"]) == [("cpu", {}), ("eager", {"device": "cpu", "dtype": "float32"})]
+    # those that only lack CUDA run on the CPU in the reference's dtype, so lossless ones must agree 100%
+    for name in ("eager", "eagle", "compile"):
+        assert (name, {"device": "cpu", "dtype": cpu_dtype}) in chosen
+    assert ("flash", {}) in chosen  # cannot run here: listed, shown as skipped with its reason
+    quantized = [options["quantize"] for name, options in chosen if "quantize" in options]
+    assert quantized == list(MODES)  # the test extra installs every quantisation library
+    assert all("quantize" in options for _, options in chosen[-len(MODES):])
+    assert [c for c in demo_backends(quantized=False) if "quantize" in c[1]] == []
+    assert demo_backends(["eager", "cpu+int8", "cpu"]) == [
+        ("cpu", {}), ("eager", {"device": "cpu", "dtype": cpu_dtype}), ("cpu", {"quantize": "int8"})]
 
 
 def test_demo_command_prints_the_table(tmp_path, capsys):

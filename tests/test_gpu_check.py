@@ -32,7 +32,10 @@ import torch
 torch.set_num_threads(1)  # a tiny model: threads only add synchronisation (and spin on a busy machine)
 loaded = gpu_check.random_llava(LlavaConfig(**d), "cpu", torch.float32)
 cpu = {{"device": "cpu", "dtype": "float32"}}
-backends = [("eager", cpu), ("flash", {{}}), ("cpu", {{"dtype": "float32", "threads": 1}})]
+cpu1 = {{"dtype": "float32", "threads": 1}}
+# a quantised row first: it must get its own copy of the model, or the rows after it would run quantised weights
+backends = gpu_check.parse_rows("eager,flash,cpu+int8-dynamic,cpu,eagle", {{}})
+backends = [(n, {{**(cpu1 if n == "cpu" else {{}} if n == "flash" else cpu), **o}}) for n, o in backends]
 gpu_check.run(loaded, backends, [2], Path({out!r}), budget_s=600, timed_batches=2)
 """
 
@@ -56,7 +59,8 @@ def test_pipeline_runs_on_cpu_without_gpu_image_missing_packages(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["weights"] == "random" and report["environment"]["gpu"] is None
-    assert [(p["backend"], p["batch"]) for p in report["points"]] == [("eager", 2), ("cpu", 2)]
+    assert [(p["backend"], p["batch"]) for p in report["points"]] == [
+        ("eager", 2), ("cpu+int8-dynamic", 2), ("cpu", 2), ("eagle", 2)]
     [skipped] = report["skipped"]
     assert skipped["backend"] == "flash" and skipped["reason"].startswith("needs the flash-attn package")
     for p in report["points"]:
@@ -64,10 +68,15 @@ def test_pipeline_runs_on_cpu_without_gpu_image_missing_packages(tmp_path):
         assert 0 < p["floor"]["latency_s"] < p["latency_s"]["mean"] and p["latency_over_floor"] > 1
         assert p["flops"]["prefill_per_sample"] > 0 and p["energy"]["label"] == "estimated"
         assert p["describe"]["attention"] == "sdpa" and p["describe"]["weights"] == "random"
-    cpu_points = [p for p in report["points"] if p["backend"] == "cpu"]
-    for p in cpu_points:  # same fp32 kernels: the same tokens
-        assert p["agreement_with_eager"] == {"identical_answers": 1.0, "mean_common_prefix": 8.0, "mean_length": 8.0,
-                                             "unit": "token"}
+    points = {p["backend"]: p for p in report["points"]}
+    for name in ("cpu", "eagle"):  # same fp32 weights: the same tokens (eagle: with a random draft head)
+        assert points[name]["agreement_with_eager"] == {"identical_answers": 1.0, "mean_common_prefix": 8.0,
+                                                        "mean_length": 8.0, "unit": "token"}
+        assert points[name]["describe"]["quantize"] is None
+    assert points["eagle"]["backend_stats"]["verify_forwards"] > 0
+    quantized = points["cpu+int8-dynamic"]
+    assert quantized["describe"]["quantization"]["quantized_linears"] > 0
+    assert 0 <= quantized["agreement_with_eager"]["identical_answers"] <= 1
     assert "batch" in done.stdout and "cpu" in done.stdout  # the printed table
 
 
