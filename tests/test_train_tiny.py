@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from llava_accel.models.tiny import TinySpec
-from llava_accel.models.train_tiny import (HELDOUT_SEED, TRAIN_SEED_BASE, TrainConfig, build, encode_for_training,
-                                           main, score, task_schedule, train, training_batch)
+from llava_accel.models.train_tiny import (HELDOUT_SEED, TRAIN_SEED_BASE, Phase, TrainConfig, build,
+                                           encode_for_training, lr_factor, main, optimizer_for, score, set_lr,
+                                           task_schedule, train, training_batch)
 from llava_accel.preprocessing import encode_batch
 from llava_accel.tasks import synthetic_samples
 
@@ -39,13 +40,43 @@ def test_training_prompt_is_tokenized_as_at_inference(small):
 
 
 def test_training_data_is_deterministic_and_never_held_out():
-    cfg = TrainConfig(batch_size=4, task_weights={"synthetic-coco": 1, "synthetic-scienceqa": 2})
-    assert task_schedule(cfg.task_weights) == ["synthetic-coco", "synthetic-scienceqa", "synthetic-scienceqa"]
+    cfg = TrainConfig(batch_size=4, phases=(Phase(10, {"synthetic-coco": 1, "synthetic-scienceqa": 2}),))
+    assert task_schedule(cfg.phases[0].task_weights) == ["synthetic-coco", "synthetic-scienceqa", "synthetic-scienceqa"]
     task, a = training_batch(4, cfg)
     _, b = training_batch(4, cfg)
     assert task == "synthetic-scienceqa" and [s.id for s in a] == [s.id for s in b] and len(a) == 4
     assert all(int(s.id.split("/")[1]) >= TRAIN_SEED_BASE > HELDOUT_SEED for s in a)
     assert [s.id for s in training_batch(4, TrainConfig(seed=1, batch_size=4))[1]] != [s.id for s in a]
+
+
+def test_phases_switch_the_mix_fade_the_colour_hints_and_restart_the_learning_rate():
+    sqa = {"synthetic-scienceqa": 1}
+    cfg = TrainConfig(batch_size=8, warmup=2, phases=(Phase(4, {"synthetic-coco": 1}), Phase(
+        5, sqa, lr=1e-3, vision_lr=5e-4, colour_hints=(1.0, 0.0))))
+    assert cfg.total_steps == 9 and cfg.phase_at(3) == (cfg.phases[0], 3) and cfg.phase_at(4) == (cfg.phases[1], 0)
+    assert TrainConfig(steps=6, phases=cfg.phases).total_steps == 6
+    with pytest.raises(IndexError):
+        cfg.phase_at(9)
+    assert training_batch(3, cfg)[0] == "synthetic-coco" and training_batch(4, cfg)[0] == "synthetic-scienceqa"
+
+    def named(step):  # prompts whose context names the shape's colour (the answer's option)
+        return sum(s.fields["choices"][ord(s.references[0]) - 65] in s.prompt.split("\n")[0]
+                   for s in training_batch(step, cfg)[1])
+    assert named(4) == 8 and named(8) == 0  # every context names it at the phase's start, none at its end
+    # the images and answers are those of the same seed without hints: only the context changes
+    plain = synthetic_samples("synthetic-scienceqa", 8, seed=TRAIN_SEED_BASE + 4)
+    hinted = training_batch(4, cfg)[1]
+    assert [s.references for s in plain] == [s.references for s in hinted]
+    assert all(a.image.tobytes() == b.image.tobytes() and a.prompt != b.prompt for a, b in zip(plain, hinted))
+    # each phase has its own warm-up and cosine decay, and the vision group its own rate
+    opt = optimizer_for(torch.nn.Linear(2, 2), cfg)
+    rates = []
+    for step in range(9):
+        set_lr(opt, step, cfg)
+        rates.append([g["lr"] for g in opt.param_groups])
+    assert rates[3][1] == pytest.approx(2e-3 * cfg.min_lr_ratio)  # the first phase decayed to its floor
+    assert rates[4] == [5e-4 * lr_factor(0, 5, cfg), 1e-3 * lr_factor(0, 5, cfg)]  # warm-up again
+    assert rates[8][1] == pytest.approx(1e-3 * cfg.min_lr_ratio)
 
 
 def test_scores_are_the_library_metrics():
@@ -63,8 +94,8 @@ def test_scores_are_the_library_metrics():
 
 
 def test_a_few_steps_lower_the_loss_and_are_reproducible():
-    cfg = TrainConfig(steps=12, batch_size=8, warmup=2, lr=3e-3, vision_lr=3e-3, eval_every=1000,
-                      final_eval_samples=2, threads=1, task_weights={"synthetic-textvqa": 1})
+    cfg = TrainConfig(batch_size=8, warmup=2, eval_every=1000, final_eval_samples=2, threads=1,
+                      phases=(Phase(12, {"synthetic-textvqa": 1}, lr=3e-3, vision_lr=3e-3),))
     lines = []
     model, _, history = train(cfg, SMALL, log=lambda *a, **k: lines.append(a[0]))
     loss = history["loss"]

@@ -60,9 +60,13 @@ def _shapes_scene(rng: random.Random, n: int) -> tuple[Image.Image, list[tuple[s
     return img, objects
 
 
+def _article(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def coco_sample(rng: random.Random) -> Sample:
     img, objs = _shapes_scene(rng, rng.choice((1, 2)))
-    names = [f"{'an' if c[0] in 'aeiou' else 'a'} {c} {s}" for c, s in objs]
+    names = [_article(f"{c} {s}") for c, s in objs]
     if len(names) == 1:
         refs = [names[0], f"{names[0]} on a white background", f"there is {names[0]}"]
     else:
@@ -82,12 +86,13 @@ def textvqa_sample(rng: random.Random) -> Sample:
     return Sample(img, TEXTVQA_QUESTION + VQA_SUFFIX, [word] * 10, fields={"question": TEXTVQA_QUESTION})
 
 
-def scienceqa_sample(rng: random.Random) -> Sample:
-    # one shape: the tiny model must still see its colour and match it to an option's letter (with two shapes it
-    # stayed at chance within our CPU budget)
+def scienceqa_sample(rng: random.Random, colour_hint: bool = False) -> Sample:
+    """``colour_hint``: the context names the colour too, which makes the question answerable from the text alone
+    (a training curriculum: matching a colour to an option's letter is learned from text first, see train_tiny)."""
+    # one shape: the tiny model must still see its colour and match it to an option's letter
     img, objs = _shapes_scene(rng, 1)
     color, shape = rng.choice(objs)
-    hint = "The image shows " + " and ".join(f"a {s}" for _, s in objs) + "."
+    hint = "The image shows " + " and ".join(_article(f"{c} {s}") if colour_hint else f"a {s}" for c, s in objs) + "."
     question = f"What color is the {shape}?"
     distractors = rng.sample([c for c in COLORS if c != color], rng.randint(1, 4))
     choices = distractors + [color]
@@ -102,12 +107,17 @@ GENERATORS: dict[str, Callable[[random.Random], Sample]] = {
     "synthetic-coco": coco_sample, "synthetic-textvqa": textvqa_sample, "synthetic-scienceqa": scienceqa_sample}
 
 
-def synthetic_samples(task: str, limit: int = 16, seed: int = 0) -> list[Sample]:
-    """``limit`` samples of a synthetic task; sample i depends only on (task, seed, i)."""
+def synthetic_samples(task: str, limit: int = 16, seed: int = 0, colour_hints: float = 0.0) -> list[Sample]:
+    """``limit`` samples of a synthetic task; sample i depends only on (task, seed, i).
+
+    ``colour_hints``: the share of ScienceQA samples whose context names the colour (training only; each sample's
+    draw is its own, so the images and questions are those of ``colour_hints=0``).
+    """
     make = GENERATORS[task]
     samples = []
     for i in range(limit):
-        sample = make(random.Random(f"{task}/{seed}/{i}"))
+        hinted = task == "synthetic-scienceqa" and random.Random(f"hint/{seed}/{i}").random() < colour_hints
+        sample = make(random.Random(f"{task}/{seed}/{i}"), **({"colour_hint": True} if hinted else {}))
         sample.id, sample.task = f"{task}/{seed}/{i}", task
         samples.append(sample)
     return samples
