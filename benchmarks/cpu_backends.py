@@ -40,7 +40,7 @@ def config_250m() -> Any:
 
 
 def load_model_under_test(name: str, dtype: torch.dtype):
-    """"tiny": the embedded default from disk; "250m": random weights in memory (shared by the backends)."""
+    """"tiny": the embedded default model from disk; "250m": random weights in memory (shared by the backends)."""
     if name == "tiny":
         import llava_accel as la
 
@@ -65,7 +65,7 @@ def timed_call(backend: Any, images: list, prompts: list, new_tokens: int) -> di
 
 
 def sweep(model_name: str, batches: list[int], rounds: int, new_tokens: int, dtype: str | None,
-          bandwidth: float) -> Iterator[list[dict[str, Any]]]:
+          bandwidth: float, threads: int | None = None) -> Iterator[list[dict[str, Any]]]:
     """Yields each batch size's rows (one per backend) as soon as they are measured."""
     import llava_accel as la
     from llava_accel.metrics.drift import drift
@@ -75,8 +75,8 @@ def sweep(model_name: str, batches: list[int], rounds: int, new_tokens: int, dty
 
     dtype = dtype or la.registry.backend_class("cpu").default_dtype  # the cpu backend's choice for this CPU
     model = load_model_under_test(model_name, torch.float32 if dtype in ("float32", "fp32") else torch.bfloat16)
-    backends = {name: la.load_backend(name, model=model, device=None if name == "cpu" else "cpu", dtype=dtype)
-                for name in BACKENDS}
+    backends = {name: la.load_backend(name, model=model, dtype=dtype, **(
+        {"threads": threads} if name == "cpu" else {"device": "cpu"})) for name in BACKENDS}
     net = backends["eager"].model
     samples = synthetic_samples("synthetic-coco", max(batches), seed=3)
     flop_model = None
@@ -137,21 +137,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--dtype", default=None, help="default: what the cpu backend picks on this CPU")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the CPUs this process may use); 1 avoids OpenMP waits on a "
+                             "machine busy with other work")
     parser.add_argument("--out", default="cpu_backends.json")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from llava_accel.metrics import environment
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = {"environment": environment.collect("cpu"), "bandwidth_bytes_per_s": memory_bandwidth(torch.device("cpu")),
               "new_tokens": args.new_tokens, "rows": []}
     print(f"{report['environment']['cpu']['model']}, {torch.get_num_threads()} threads, copy bandwidth "
           f"{report['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, load average {os.getloadavg()[0]:.1f}; "
-          f"random weights for 250m, tiny-random for tiny")
+          f"250m: random weights; tiny: the embedded default")
     print(HEADER, flush=True)
     for model_name in args.models.split(","):
         for rows in sweep(model_name, [int(b) for b in args.batches.split(",")], args.rounds, args.new_tokens,
-                          args.dtype, report["bandwidth_bytes_per_s"]):
+                          args.dtype, report["bandwidth_bytes_per_s"], args.threads):
             report["rows"] += rows
             Path(args.out).write_text(json.dumps(report, indent=1, default=str))
     return 0
