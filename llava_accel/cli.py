@@ -217,12 +217,18 @@ def _add_flops_args(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import cli
 
-    return cli(args.model, args.limit, args.batch_size, args.out, args.backends, not args.no_quantized)
+    return cli(args.model, args.limit, args.batch_size, args.out, args.backends, not args.no_quantized, args.task,
+               args.source)
 
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="hub id or local folder (default: the embedded tiny model)")
-    p.add_argument("--backends", default=None, help="comma-separated backends (default: every one that runs here)")
+    p.add_argument("--backends", default=None, help="comma-separated backends, NAME+MODE for quantised weights "
+                                                     "(default: every one that runs here)")
+    p.add_argument("--task", default=None, help="comma-separated tasks (default: the three synthetic ones), e.g. "
+                                                "textvqa with --model llava-hf/llava-1.5-7b-hf")
+    p.add_argument("--source", default=None, help="where a named task's data lives: a save_to_disk folder or a folder "
+                                                  "with samples.jsonl (default: the hub)")
     p.add_argument("--limit", type=int, default=8, help="samples per task (default 8)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", default=None, help="folder for the JSON results (default: llava-accel-demo-TIMESTAMP)")

@@ -3,7 +3,7 @@
 Each backend is measured with ``measure()`` on the same samples. The first one (``eager`` where CUDA is present,
 else ``cpu``) is the reference: every other row's answers are compared with its answers (share identical). By
 default every backend that can run here does: one that only lacks CUDA runs on the CPU in the ``cpu`` backend's
-dtype (so a lossless backend must agree 100%), and the ``cpu`` backend also runs with each quantisation mode this
+dtype (so a lossless backend must agree 100%), and the reference backend also runs with each quantisation mode this
 machine has kernels for. ``--backends eager,cpu`` picks some. Full results go to a folder, one JSON per row and
 task, plus ``summary.json``.
 """
@@ -21,7 +21,7 @@ import torch
 from .errors import LlavaAccelError
 from .measure import measure
 from .registry import backend_class, list_backends, load_backend
-from .tasks import SYNTHETIC_TASKS
+from .tasks import SYNTHETIC_TASKS, load_task
 
 DEMO_TASKS = tuple(SYNTHETIC_TASKS)
 
@@ -53,20 +53,23 @@ def demo_backends(names: Sequence[str] | None = None, quantized: bool = True) ->
 
     A name may carry a quantize mode (``cpu+int8``). A backend that only lacks CUDA runs with ``device='cpu'`` in
     the ``cpu`` backend's dtype; one that cannot run at all stays in the list and shows up in the table as skipped,
-    with the reason. By default (no ``names``) with ``quantized``, the ``cpu`` backend also runs with every
-    quantize mode that has a kernel here.
+    with the reason. By default (no ``names``) with ``quantized``, the reference backend (``eager`` with CUDA, else
+    ``cpu``) also runs with every quantize mode that has a kernel on its device.
     """
     from .backends.base import resolve_dtype
     from .quantize import MODES, preferred_dtype, unsupported_reason
 
     cuda = torch.cuda.is_available()
     cpu_dtype = backend_class("cpu").default_dtype
+    reference = "eager" if cuda else "cpu"
     infos = {i.name: i for i in list_backends()}
     if names is None:
         names = [n for n, i in infos.items() if i.available or not cuda]
         if quantized:
-            names += [f"cpu+{m}" for m in MODES
-                      if unsupported_reason(m, "cpu", preferred_dtype(m, "cpu", resolve_dtype(cpu_dtype))) is None]
+            ref = backend_class(reference)
+            dtype = resolve_dtype(ref.default_dtype)
+            names += [f"{reference}+{m}" for m in MODES if unsupported_reason(
+                m, ref.default_device, preferred_dtype(m, ref.default_device, dtype)) is None]
     chosen = []
     for label in names:
         name, _, mode = label.partition("+")
@@ -75,7 +78,6 @@ def demo_backends(names: Sequence[str] | None = None, quantized: bool = True) ->
                 backend_class(name).unavailable_reason(device="cpu", dtype=cpu_dtype) is None:
             options = {"device": "cpu", "dtype": cpu_dtype, **options}
         chosen.append((name, options))
-    reference = "eager" if cuda else "cpu"
     quantized_row = lambda c: bool(c[1].get("quantize"))  # noqa: E731
     return sorted(chosen, key=lambda c: (c[0] != reference or quantized_row(c), quantized_row(c)))
 
@@ -102,8 +104,12 @@ def _row(name: str, task: str, result, reference: str) -> DemoRow:
 
 def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit: int = 8, batch_size: int = 4,
              out_dir: str | Path | None = None, backends: Sequence[tuple[str, dict]] | None = None,
-             log: Callable[[str], None] = print) -> tuple[list[DemoRow], Path]:
-    """Measure every backend on every task; return the table's rows and the folder the JSON went to."""
+             log: Callable[[str], None] = print, source: str | None = None) -> tuple[list[DemoRow], Path]:
+    """Measure every backend on every task; return the table's rows and the folder the JSON went to.
+
+    The tasks are loaded first (``source``: where a named task's data lives, see ``load_task``), so a task that
+    cannot be read fails before any model is loaded, and every backend gets the same samples."""
+    data = {task: load_task(task, limit=limit, source=source) for task in tasks}
     out = Path(out_dir or f"llava-accel-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     backends = list(backends if backends is not None else demo_backends())
@@ -117,7 +123,7 @@ def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit:
             log(f"{label}: skipped ({exc})")
             continue
         for task in tasks:
-            result = measure(backend, task, batch_size=batch_size, limit=limit, warmup=1, idle_seconds=0,
+            result = measure(backend, data[task], batch_size=batch_size, warmup=1, idle_seconds=0,
                              progress=False, reference=references.get(task))
             references.setdefault(task, result)
             result.to_json(out / f"{label}-{task}.json")
@@ -152,11 +158,12 @@ def format_rows(rows: Sequence[DemoRow]) -> str:
 
 
 def cli(model: str | None, limit: int, batch_size: int, out_dir: str | None, names: str | None,
-        quantized: bool = True) -> int:
+        quantized: bool = True, tasks: str | None = None, source: str | None = None) -> int:
     """``llava-accel demo``: run, print the table, say where the JSON went."""
     backends = demo_backends(names.split(",") if names else None, quantized)
     start = time.perf_counter()
-    rows, out = run_demo(model, limit=limit, batch_size=batch_size, out_dir=out_dir, backends=backends)
+    rows, out = run_demo(model, tasks.split(",") if tasks else DEMO_TASKS, limit=limit, batch_size=batch_size,
+                         out_dir=out_dir, backends=backends, source=source)
     print(format_rows(rows))
     print(f"agree: answers identical to {backends[0][0]}'s on the same samples; "
           f"{limit} samples per task; {time.perf_counter() - start:.0f} s in all; full results in {out}/")

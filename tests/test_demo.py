@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import fields
+from pathlib import Path
 
 from llava_accel.cli import main
 from llava_accel.demo import DEMO_TASKS, DemoRow, demo_backends, format_rows, run_demo
@@ -61,3 +62,23 @@ def test_demo_command_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ms/sample" in out and "GFLOP/sample" in out and str(tmp_path) in out
     assert len(list(tmp_path.glob("cpu-synthetic-*.json"))) == 3
+
+
+def test_demo_on_a_named_task_from_a_folder(tmp_path, capsys):
+    source = Path(__file__).parent / "fixtures" / "textvqa" / "folder"
+    assert main(["demo", "--backends", "cpu", "--task", "textvqa", "--source", str(source), "--limit", "2",
+                 "--batch-size", "2", "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "cpu-textvqa.json").read_text())
+    assert saved["config"]["dataset"] == "textvqa" and saved["config"]["source"].startswith(str(source))
+    assert len(saved["predictions"]) == 2 and "vqa_accuracy" in saved["native"]
+
+
+def test_a_task_that_cannot_load_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import llava_accel.demo as demo
+
+    def no_backend(*args, **kwargs):
+        raise AssertionError("a backend was loaded before the tasks were checked")
+    monkeypatch.setattr(demo, "load_backend", no_backend)
+    assert main(["demo", "--backends", "cpu", "--task", "synthetic-coco,nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown task 'nope'" in err
