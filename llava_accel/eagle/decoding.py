@@ -36,7 +36,7 @@ class TreeConfig:
     # defaults tuned on the embedded model on a 2-core CPU (docs/eagle.md): there every verified token costs
     depth: int = 6  # longest drafted path (tokens)
     top_k: int = 2  # children per expanded node, and nodes expanded per depth
-    total_tokens: int = 8  # drafted nodes verified per step (the root comes on top)
+    total_tokens: int = 10  # drafted nodes verified per step (the root comes on top)
 
     def __post_init__(self) -> None:
         most = self.top_k + (self.depth - 1) * self.top_k ** 2
