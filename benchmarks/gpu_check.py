@@ -89,15 +89,9 @@ def random_head(loaded: Any, seed: int = 0) -> str:
 
 def parse_rows(labels: str, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """'eager,eager+int8' -> [('eager', options), ('eager', {**options, 'quantize': 'int8'})]."""
-    rows = []
-    for label in labels.split(","):
-        name, _, mode = label.partition("+")
-        rows.append((name, {**options, **({"quantize": mode} if mode else {})}))
-    return rows
+    from llava_accel.registry import split_label
 
-
-def row_label(name: str, options: dict[str, Any]) -> str:
-    return f"{name}+{options['quantize']}" if options.get("quantize") else name
+    return [(name, {**options, **quantize}) for name, quantize in map(split_label, labels.split(","))]
 
 
 def random_samples(processor: Any, n: int, text_tokens: int = TEXT_TOKENS, seed: int = 0,
@@ -183,11 +177,12 @@ def point(backend: Any, samples: Sequence, batch: int, reference: Any, bandwidth
     """One (backend, batch) measurement with its floor and its token drift from ``reference`` (a result or None).
     Returns the report row and the ``MeasureResult``."""
     from llava_accel.measure import measure
+    from llava_accel.registry import row_label
 
     m = measure(backend, samples, batch_size=batch, max_input_len=None, max_new_tokens=new_tokens,
                 fixed_new_tokens=True, warmup=WARMUP, progress=False, reference=reference)
-    row: dict[str, Any] = {"backend": row_label(backend.name, {"quantize": getattr(backend, "quantize", None)}),
-                           "batch": batch, "describe": backend.describe(),
+    describe = backend.describe()
+    row: dict[str, Any] = {"backend": row_label(backend.name, describe), "batch": batch, "describe": describe,
                            "latency_s": _stats(m.latency.per_batch), "ttft_s": _stats(m.latency.ttft),
                            "tpot_s": _stats(m.latency.tpot), "per_sample_s": m.latency.per_sample_s,
                            "energy": {"joules_per_sample": m.energy.joules_per_sample, "source": m.energy.source,
@@ -225,7 +220,7 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
     """
     from llava_accel.metrics import environment
     from llava_accel.quantize import unsupported_reason
-    from llava_accel.registry import backend_class, load_backend
+    from llava_accel.registry import backend_class, load_backend, row_label
 
     start = time.monotonic()
     device = str(loaded.model.device)
@@ -239,11 +234,11 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
     samples = random_samples(loaded.processor, max(batches) * timed_batches, text_tokens, ragged=ragged)
     references: dict[int, Any] = {}  # eager's result per batch size
     for name, options in backends:
-        label, placement = row_label(name, options), {k: options.get(k) for k in ("device", "dtype")}
+        label = row_label(name, options)
         reason = backend_class(name).unavailable_reason(**{
             k: v for k, v in options.items() if k in ("device", "dtype", "attention")})
         if not reason and options.get("quantize"):
-            reason = unsupported_reason(options["quantize"], placement["device"] or device, loaded.model.dtype)
+            reason = unsupported_reason(options["quantize"], options.get("device") or device, loaded.model.dtype)
         if reason:
             report["skipped"].append({"backend": label, "reason": reason})
             continue

@@ -20,7 +20,7 @@ import torch
 
 from .errors import LlavaAccelError
 from .measure import measure
-from .registry import backend_class, list_backends, load_backend
+from .registry import backend_class, list_backends, load_backend, row_label, split_label
 from .tasks import SYNTHETIC_TASKS, load_task
 
 DEMO_TASKS = tuple(SYNTHETIC_TASKS)
@@ -72,19 +72,13 @@ def demo_backends(names: Sequence[str] | None = None, quantized: bool = True) ->
                 m, ref.default_device, preferred_dtype(m, ref.default_device, dtype)) is None]
     chosen = []
     for label in names:
-        name, _, mode = label.partition("+")
-        options: dict[str, Any] = {"quantize": mode} if mode else {}
+        name, options = split_label(label)
         if name in infos and not infos[name].available and not cuda and \
                 backend_class(name).unavailable_reason(device="cpu", dtype=cpu_dtype) is None:
             options = {"device": "cpu", "dtype": cpu_dtype, **options}
         chosen.append((name, options))
     quantized_row = lambda c: bool(c[1].get("quantize"))  # noqa: E731
     return sorted(chosen, key=lambda c: (c[0] != reference or quantized_row(c), quantized_row(c)))
-
-
-def row_label(name: str, options: dict[str, Any]) -> str:
-    """'cpu', or 'cpu+int8' for a quantised row: the table's first column and the JSON files' prefix."""
-    return f"{name}+{options['quantize']}" if options.get("quantize") else name
 
 
 def _row(name: str, task: str, result, reference: str) -> DemoRow:

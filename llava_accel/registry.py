@@ -64,3 +64,15 @@ def load_backend(name: str, model: str | None = None, **options: Any) -> Backend
         raise BackendUnavailableError(f"backend '{name}' is not available here: {reason}")
     cls.check_device_map(options.get("device_map"))  # before __init__: not every backend takes the option
     return cls(model=model, **options)
+
+
+def split_label(label: str) -> tuple[str, dict[str, Any]]:
+    """'cpu+int8' -> ('cpu', {'quantize': 'int8'}), 'cpu' -> ('cpu', {}): how the demo and the GPU check name a
+    backend with quantised weights."""
+    name, _, mode = label.partition("+")
+    return name, ({"quantize": mode} if mode else {})
+
+
+def row_label(name: str, options: dict[str, Any]) -> str:
+    """The inverse of ``split_label``: 'cpu', or 'cpu+int8' for a quantised row."""
+    return f"{name}+{options['quantize']}" if options.get("quantize") else name
