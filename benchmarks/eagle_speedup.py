@@ -1,7 +1,8 @@
 """EAGLE speculative decoding vs the ``cpu`` backend, side by side in one run, with identical tokens.
 
     python benchmarks/eagle_speedup.py [--model DIR --head DIR] [--task synthetic-coco] [--samples 16]
-                                       [--batches 1,4] [--rounds 3] [--threads 2] [--max-new-tokens 32] [--json OUT]
+                                       [--batches 1,4] [--rounds 3] [--threads 2] [--max-new-tokens 32]
+                                       [--loop lean|generate] [--json OUT]
 
 Both backends run the same model on the CPU in the same dtype (the ``cpu`` backend's choice) with ``--threads``
 threads, greedy, free-length answers. For each batch size each backend first generates one warm-up batch; then,
@@ -126,22 +127,24 @@ def main() -> int:
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--total-tokens", type=int, default=None)
+    p.add_argument("--loop", default=None, choices=("lean", "generate"),
+                   help="the cpu backend's decode loop (default: its own, lean; generate: transformers')")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
 
-    cpu = la.load_backend("cpu", model=args.model, threads=args.threads)
+    cpu = la.load_backend("cpu", model=args.model, threads=args.threads, loop=args.loop)
     eagle = la.load_backend("eagle", model=args.model, device="cpu", dtype=cpu.dtype, head=args.head, tree=args.tree,
                             depth=args.depth, top_k=args.top_k, total_tokens=args.total_tokens)
     torch.set_num_threads(args.threads)
     samples = load_task(args.task, limit=args.samples, seed=args.seed)
     report = {"machine": {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                           "python": platform.python_version(), "load_average_at_start": os.getloadavg()},
-              "model": cpu.describe()["model"], "weights": cpu.loaded.weights, "dtype": str(cpu.dtype),
-              "head": eagle.head_path, "tree": eagle.describe()["tree"], "task": args.task,
+              "model": cpu.describe()["model"], "cpu_loop": cpu.loop, "weights": cpu.loaded.weights,
+              "dtype": str(cpu.dtype), "head": eagle.head_path, "tree": eagle.describe()["tree"], "task": args.task,
               "samples": len(samples), "rounds": args.rounds, "max_new_tokens": args.max_new_tokens, "results": []}
     print(f"{report['machine']['cpu']}, {report['machine']['threads']} threads, {report['dtype']}; model "
-          f"{report['model']} ({report['weights']}); tree {report['tree']}; {args.task}, {len(samples)} samples, "
-          f"{args.rounds} rounds, median per batch; load average {os.getloadavg()[0]:.1f}")
+          f"{report['model']} ({report['weights']}); cpu loop {cpu.loop}; tree {report['tree']}; {args.task}, "
+          f"{len(samples)} samples, {args.rounds} rounds, median per batch; load average {os.getloadavg()[0]:.1f}")
     header = ("batch", "decode x", "e2e x", "decode x cpu-time", "e2e x cpu-time", "tau", "prefill share", "ms/tok cpu", "ms/tok eagle", "cpu step ms",
               "draft ms/cyc", "verify ms/cyc", "head/step", "verify/step")
     print("  ".join(header))

@@ -1,16 +1,17 @@
 """Quantised CPU decoding: how close each mode comes to its bandwidth floor, and what it costs in answers.
 
-    python benchmarks/quantize_cpu.py [--modes int8,int8-dynamic,int4] [--batches 1,4] [--rounds 3]
-                                      [--new-tokens 16] [--samples 32] [--out quantize_cpu.json]
+    python benchmarks/quantize_cpu.py [--modes int8,int8-dynamic,int4] [--loops lean,generate] [--batches 1,4]
+                                      [--rounds 3] [--new-tokens 16] [--samples 32] [--out quantize_cpu.json]
 
 Speed: the ~247M-parameter random LLaVA of cpu_backends.py (CLIP 224/14 with 6 layers of width 1024; Llama with 8
 layers of width 1024; vocabulary 32064), prompts of 273 tokens (256 image + 17 text), exactly ``new-tokens`` new
 tokens per call. Rows: the ``cpu`` backend unquantised in fp32 and in bf16, then each quantize mode in the dtype it
-has kernels for. After one untimed call each, the rows take turns for ``rounds`` timed calls (a machine busy with
-other work slows them alike); the best round is shown (the one least disturbed by other processes), medians are in
-the JSON. Floor = bytes of weights a decode step reads / memory read bandwidth (best of 5 sums over 1 GiB, measured
-in the same run). ``same``: share of rows with tokens identical to the
-unquantised row of the same dtype (random weights: says nothing about quality).
+has kernels for; each in the ``cpu`` backend's own greedy loop (``lean``) and in transformers' ``generate``
+(the same quantised model, shared). After one untimed call each, the rows take turns for ``rounds`` timed calls
+(a machine busy with other work slows them alike); the best round is shown (the one least disturbed by other
+processes), medians are in the JSON. Floor = bytes of weights a decode step reads / memory read bandwidth (best of 5
+sums over 1 GiB, measured in the same run). ``same``: share of rows with tokens identical to the unquantised row of
+the same dtype and loop (random weights: says nothing about quality).
 
 Quality: the embedded default model on the three synthetic tasks (``samples`` each), batch 1, each task's own
 generation budget, through ``measure()`` with the unquantised backend in the same dtype as reference: share of
@@ -60,8 +61,8 @@ def rows_to_run(modes: list[str]) -> list[dict[str, Any]]:
     return rows + [{"name": m, "quantize": m, "dtype": preferred_dtype(m, "cpu", default)} for m in modes]
 
 
-def speed(modes: list[str], batches: list[int], rounds: int, new_tokens: int, bandwidth: float, threads: int | None,
-          report: dict, save: Any) -> None:
+def speed(modes: list[str], loops: list[str], batches: list[int], rounds: int, new_tokens: int, bandwidth: float,
+          threads: int | None, report: dict, save: Any) -> None:
     import llava_accel as la
     from llava_accel.metrics.drift import drift
     from llava_accel.quantize import decode_weight_bytes
@@ -69,12 +70,16 @@ def speed(modes: list[str], batches: list[int], rounds: int, new_tokens: int, ba
     backends = {}
     for row in rows_to_run(modes):
         loaded = random_llava(config_250m(), "cpu", row["dtype"], name="random-250m")
-        start = time.perf_counter()
-        backends[row["name"]] = (row, la.load_backend("cpu", model=loaded, dtype=row["dtype"],
-                                                      quantize=row["quantize"], threads=threads))
-        row["quantize_s"] = time.perf_counter() - start
+        for loop in loops:  # the first loop's backend quantises the model in place, the others share it
+            start = time.perf_counter()
+            backend = la.load_backend("cpu", model=loaded, dtype=row["dtype"], threads=threads, loop=loop,
+                                      quantize=row["quantize"] if loop == loops[0] else None)
+            if loop != loops[0]:  # so that its describe() says what its model holds
+                first = backends[f"{row['name']} {loops[0]}"][1]
+                backend.quantize, backend.quantization = first.quantize, first.quantization
+            backends[f"{row['name']} {loop}"] = ({**row, "loop": loop, "load_s": time.perf_counter() - start}, backend)
     processor = next(iter(backends.values()))[1].processor
-    print(f"{'batch':>5} {'row':<13} {'dtype':<9} {'weights MB':>10} {'TTFT s':>9} {'decode ms':>9} "
+    print(f"{'batch':>5} {'row':<22} {'dtype':<9} {'weights MB':>10} {'TTFT s':>9} {'decode ms':>9} "
           f"{'floor ms':>8} {'x floor':>7} {'vs fp32':>7} {'same':>5}", flush=True)
     for batch in batches:
         samples = random_samples(processor, batch, text_tokens=PROMPT_TEXT_TOKENS)
@@ -85,15 +90,16 @@ def speed(modes: list[str], batches: list[int], rounds: int, new_tokens: int, ba
         for _ in range(rounds):
             for name, (_, backend) in backends.items():
                 calls[name].append(timed_call(backend, images, prompts, new_tokens))
-        prompt_len = backends["fp32"][1].prepare(images, prompts)["input_ids"].shape[1]
+        prompt_len = next(iter(backends.values()))[1].prepare(images, prompts)["input_ids"].shape[1]
         results = {}
         for name, (row, backend) in backends.items():
             step = min(c["decode_step_s"] for c in calls[name])
             weight_bytes = decode_weight_bytes(backend.model)
-            same_dtype = "fp32" if row["dtype"] == torch.float32 else "bf16"
+            same_dtype = ("fp32" if row["dtype"] == torch.float32 else "bf16") + f" {row['loop']}"
             results[name] = {
-                "batch": batch, "row": name, "quantize": row["quantize"], "dtype": str(row["dtype"])[6:],
-                "prompt_len": prompt_len, "new_tokens": new_tokens, "quantize_s": row["quantize_s"],
+                "batch": batch, "row": name, "quantize": row["quantize"], "loop": row["loop"],
+                "dtype": str(row["dtype"])[6:],
+                "prompt_len": prompt_len, "new_tokens": new_tokens, "load_s": row["load_s"],
                 "ttft_s": min(c["ttft_s"] for c in calls[name]), "decode_step_s": step,
                 "median_decode_step_s": statistics.median(c["decode_step_s"] for c in calls[name]),
                 "rounds": [{k: c[k] for k in ("latency_s", "cpu_s", "ttft_s", "decode_step_s")}
@@ -103,8 +109,8 @@ def speed(modes: list[str], batches: list[int], rounds: int, new_tokens: int, ba
                 "same": drift(calls[same_dtype][0]["tokens"], calls[name][0]["tokens"]).identical,
                 "describe": backend.describe()}
         for r in results.values():
-            fp32 = results["fp32"]["decode_step_s"]
-            print(f"{batch:>5} {r['row']:<13} {r['dtype']:<9} {r['decode_weight_bytes'] / 1e6:>10.1f} "
+            fp32 = results[f"fp32 {loops[0]}"]["decode_step_s"]
+            print(f"{batch:>5} {r['row']:<22} {r['dtype']:<9} {r['decode_weight_bytes'] / 1e6:>10.1f} "
                   f"{r['ttft_s']:>9.3f} {1000 * r['decode_step_s']:>9.1f} {1000 * r['floor_step_s']:>8.1f} "
                   f"{r['decode_step_s'] / r['floor_step_s']:>7.2f} {fp32 / r['decode_step_s']:>7.2f} "
                   f"{r['same']:>5.2f}", flush=True)
@@ -149,6 +155,7 @@ def quality(modes: list[str], samples: int, report: dict, save: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--loops", default="lean,generate", help="the cpu backend's loop option, each a row")
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=16)
@@ -174,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report['environment']['cpu']['model']}, {torch.get_num_threads()} threads, read bandwidth "
           f"{bandwidth / 1e9:.1f} GB/s, load average {os.getloadavg()[0]:.1f}; speed on random weights", flush=True)
     if args.skip != "speed":
-        speed(modes, [int(b) for b in args.batches.split(",")], args.rounds, args.new_tokens, bandwidth, args.threads,
-              report, save)
+        speed(modes, args.loops.split(","), [int(b) for b in args.batches.split(",")], args.rounds, args.new_tokens,
+              bandwidth, args.threads, report, save)
     if args.skip != "quality":
         quality(modes, args.samples, report, save)
     save()

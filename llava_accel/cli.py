@@ -37,7 +37,7 @@ def _backend_options(args: argparse.Namespace) -> dict:
     options = {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("attention", args.attention),
                                  ("quantize", args.quantize), ("device_map", args.device_map),
                                  ("max_memory", args.max_memory and _max_memory(args.max_memory)),
-                                 ("offload_folder", args.offload_folder)) if v is not None}
+                                 ("offload_folder", args.offload_folder), ("loop", args.loop)) if v is not None}
     return {**options, "quantize_vision": True} if args.quantize_vision else options
 
 
@@ -61,6 +61,8 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
     p.add_argument("--quantize", default=None, help="quantised weights: int8, int8-dynamic (CPU), int4 (see "
                                                     "docs/backends.md)")
     p.add_argument("--quantize-vision", action="store_true", help="quantise the vision tower and projector too")
+    p.add_argument("--loop", default=None, choices=("lean", "generate"),
+                   help="cpu backend: our greedy loop (lean, the default where it applies) or transformers' generate")
     p.add_argument("--device-map", default=None, help="spread the model over the GPUs, then the CPU, then disk "
                                                       "(accelerate big-model inference): auto, balanced, sequential; "
                                                       "see docs/scaling.md")

@@ -7,11 +7,12 @@ Listing imports each backend's class module, which by convention imports nothing
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
-from .errors import BackendUnavailableError, UnknownBackendError
+from .errors import BackendUnavailableError, LlavaAccelError, UnknownBackendError
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -63,7 +64,25 @@ def load_backend(name: str, model: str | None = None, **options: Any) -> Backend
     if reason is not None:
         raise BackendUnavailableError(f"backend '{name}' is not available here: {reason}")
     cls.check_device_map(options.get("device_map"))  # before __init__: not every backend takes the option
+    unknown = sorted(set(options) - accepted_options(cls))
+    if unknown:
+        raise LlavaAccelError(f"backend '{name}' does not take {', '.join(unknown)}; it takes: "
+                              f"{', '.join(sorted(accepted_options(cls) - {'model'}))}")
     return cls(model=model, **options)
+
+
+def accepted_options(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` takes: its ``__init__``'s, and, where that passes ``**options`` on, its
+    base classes' (so that an option a backend does not know fails in one line, not in a TypeError)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return names
 
 
 def split_label(label: str) -> tuple[str, dict[str, Any]]:

@@ -117,7 +117,7 @@ def test_trainer_rejects_unknown_task_before_loading(capsys):
 def test_grouped_kv_heads_and_unfused_projections_are_lossless(tmp_path, monkeypatch, mixed_batch):
     """A random 4-layer model with 2 key/value heads for 4 query heads, its projections read unfused (the path
     large models take), a random head: still exactly eager's tokens."""
-    from llava_accel.eagle import layer
+    from llava_accel.lean import layer
     from llava_accel.models import architecture, tiny
 
     spec = tiny.TinySpec(text_layers=4)

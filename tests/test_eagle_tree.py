@@ -5,8 +5,8 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
-from llava_accel.eagle.cache import SlotCache
-from llava_accel.eagle.layer import decoder_layer, layer_weights, rope
+from llava_accel.lean.cache import SlotCache
+from llava_accel.lean.layer import decoder_layer, layer_weights, rope
 from llava_accel.eagle.tree import accept, ancestor_mask, select_tree
 
 # Candidates in drafting order (parents first): depth 1 = a, b (children of the root); depth 2 = children of a

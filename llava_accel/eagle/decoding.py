@@ -21,9 +21,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .cache import SlotCache
+from ..lean.cache import SlotCache
+from ..lean.layer import RopeTable, decoder_layer, layer_weights
+from ..lean.prefill import prompt_positions, run_target
 from .head import EagleHead
-from .layer import RopeTable, decoder_layer, layer_weights
 from .tree import Tree, accept, select_tree
 
 MIN_LOGPROB = -1e4  # floor for draft log-probabilities, so that scores stay finite and ordered
@@ -80,28 +81,6 @@ class EagleStats:
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "target_forwards": self.target_forwards,
                 "mean_acceptance_length": round(self.mean_acceptance_length, 4)}
-
-
-def prompt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of a left-padded batch, as ``generate`` makes them (real tokens count from 0, pads get 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-
-
-def run_target(model: Any, inputs: dict[str, torch.Tensor], use_cache: bool = True):
-    """The LLaVA forward on a prepared batch: (input embeddings with image features in place, final-norm hidden
-    states, KV cache). The embeddings are caught on their way into the language model, so nothing runs twice."""
-    caught = {}
-
-    def catch(module, args, kwargs):
-        caught["embeds"] = kwargs["inputs_embeds"]
-
-    handle = model.model.language_model.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        out = model.model(**inputs, position_ids=prompt_positions(inputs["attention_mask"]), use_cache=use_cache)
-    finally:
-        handle.remove()
-    cache = getattr(out, "cache", None)  # transformers 5.24; 5.17 calls it past_key_values
-    return caught["embeds"], out.last_hidden_state, cache if cache is not None else getattr(out, "past_key_values")
 
 
 @dataclass
@@ -169,8 +148,7 @@ class EagleDecoder:
         caches = self._caches(batch, capacity, hidden.dtype, device)
         self._rope = RopeTable(self.lm.rotary_emb, hidden, capacity)  # positions never exceed slots
         start = (mask == 0).sum(1)
-        caches[0].load([layer.keys for layer in prompt_cache.layers], [layer.values for layer in prompt_cache.layers],
-                       start)
+        caches[0].load_prefill(prompt_cache, start)
         caches[1].start.copy_(start)
         self.caches = caches
         stats.prefill_forwards += 1
@@ -321,9 +299,8 @@ class EagleDecoder:
 
     def _caches(self, batch: int, capacity: int, dtype: torch.dtype, device: torch.device) -> tuple[SlotCache, ...]:
         text = self.lm.config
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        return (SlotCache(text.num_hidden_layers, batch, text.num_key_value_heads, head_dim, capacity, dtype, device),
-                SlotCache(1, batch, text.num_key_value_heads, head_dim, capacity, dtype, device))
+        return (SlotCache.for_model(text, batch, capacity, dtype, device),
+                SlotCache.for_model(text, batch, capacity, dtype, device, layers=1))
 
     def _stream(self, g: _Generation) -> None:
         """Hand the streamer every column that all rows have reached (finished rows are padded)."""

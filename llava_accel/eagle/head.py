@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LlavaAccelError
-from .layer import LayerWeights, decoder_layer, layer_weights, rope
+from ..lean.layer import LayerWeights, decoder_layer, layer_weights, rope
 
 CONFIG_FILE = "eagle_head.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..tasks import SYNTHETIC_TASKS, load_task
-from .decoding import run_target
+from ..lean.prefill import run_target
 from .head import EagleHead, HeadConfig, fingerprint, new_head, save_head, target_name
 
 

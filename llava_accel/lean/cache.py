@@ -12,6 +12,8 @@ The object is handed to transformers' attention layers as their cache: they only
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -24,6 +26,14 @@ class SlotCache:
         self.start = torch.zeros(batch, dtype=torch.long, device=device)  # first valid slot of each row
         self.lens = torch.zeros(batch, dtype=torch.long, device=device)  # one past the last valid slot
         self.begin = 0  # where the next forward writes its entries (the same slots for every row)
+
+    @classmethod
+    def for_model(cls, text_config: Any, batch: int, capacity: int, dtype: torch.dtype, device: torch.device,
+                  layers: int | None = None) -> SlotCache:
+        """A cache shaped for a Llama text config (``layers``: default, all of its decoder layers)."""
+        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        return cls(layers or text_config.num_hidden_layers, batch, text_config.num_key_value_heads, head_dim, capacity,
+                   dtype, device)
 
     @property
     def keys(self) -> torch.Tensor:
@@ -47,6 +57,15 @@ class SlotCache:
         self.start.copy_(start)
         self.lens.fill_(n)
         self.begin = n
+
+    def load_prefill(self, prompt_cache: Any, start: torch.Tensor) -> None:
+        """``load`` from the ``DynamicCache`` of a transformers forward."""
+        self.load([layer.keys for layer in prompt_cache.layers], [layer.values for layer in prompt_cache.layers], start)
+
+    def keep_all(self, n: int) -> None:
+        """Keep the ``n`` entries the last forward wrote for every row (plain decoding: nothing to compact)."""
+        self.lens += n
+        self.begin += n
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Write the new entries at slots ``begin ..`` and return every slot up to them (attention masks the rest)."""

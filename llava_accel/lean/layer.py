@@ -8,18 +8,21 @@ modules (state dicts, loading and ``.to()`` are unchanged) and are only read her
 
 For small models (``hidden_size <= FUSE_MAX_HIDDEN``) the q/k/v and gate/up projections are fused into one matmul
 each: on the CPU this gives bit-identical results (each output is the same dot product) with fewer ops; for large
-models it would only double the memory of those weights, so they stay separate.
+models it would only double the memory of those weights, so they stay separate. A projection whose weights are
+quantised (``llava_accel.quantize``) is called as its module, so its own kernel runs, and is never fused.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 FUSE_MAX_HIDDEN = 1024
+Projection = Callable[[torch.Tensor], torch.Tensor]  # a Linear layer's forward
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,10 @@ class LayerWeights:
     input_norm: torch.Tensor | None  # None: the EAGLE head's layer has no input norm
     post_norm: torch.Tensor
     eps: float
-    qkv: list[tuple[torch.Tensor, torch.Tensor | None]]  # [q, k, v] projections, or one fused [qkv]
-    o: tuple[torch.Tensor, torch.Tensor | None]
-    gate_up: list[tuple[torch.Tensor, torch.Tensor | None]]  # [gate, up], or one fused [gate|up]
-    down: tuple[torch.Tensor, torch.Tensor | None]
+    qkv: list[Projection]  # [q, k, v] projections, or one fused [qkv]
+    o: Projection
+    gate_up: list[Projection]  # [gate, up], or one fused [gate|up]
+    down: Projection
     act: Callable[[torch.Tensor], torch.Tensor]
     heads: int
     kv_heads: int
@@ -39,29 +42,36 @@ class LayerWeights:
     index: int  # the layer's index in its cache
 
 
-def _linear(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return module.weight, module.bias
+def _plain(module: Any) -> bool:
+    """An ``nn.Linear`` holding ordinary tensors (quantised layers are other modules, or hold tensor subclasses)."""
+    return type(module) is torch.nn.Linear and type(module.weight) in (torch.Tensor, torch.nn.Parameter)
 
 
-def _fused(modules: list[Any]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def _linear(module: Any) -> Projection:
+    """``F.linear`` over the module's own weights (no module call overhead), or the module itself when quantised."""
+    return partial(F.linear, weight=module.weight, bias=module.bias) if _plain(module) else module
+
+
+def _fused(modules: list[Any]) -> list[Projection]:
     weight = torch.cat([m.weight.detach() for m in modules])
     bias = None if modules[0].bias is None else torch.cat([m.bias.detach() for m in modules])
-    return [(weight, bias)]
+    return [partial(F.linear, weight=weight, bias=bias)]
 
 
 def layer_weights(layer: Any, fuse: bool | None = None) -> LayerWeights:
     """Read a transformers ``LlamaDecoderLayer`` once (again after moving or reloading it). ``fuse``: default for
     small models; a fused copy is not a parameter, so training reads the layer with ``fuse=False``."""
     attn, mlp = layer.self_attn, layer.mlp
-    fuse = attn.q_proj.in_features <= FUSE_MAX_HIDDEN if fuse is None else fuse
     projections = [attn.q_proj, attn.k_proj, attn.v_proj]
+    plain = all(map(_plain, projections + [mlp.gate_proj, mlp.up_proj]))
+    fuse = plain and (attn.q_proj.in_features <= FUSE_MAX_HIDDEN if fuse is None else fuse)
     return LayerWeights(
         input_norm=getattr(layer.input_layernorm, "weight", None), post_norm=layer.post_attention_layernorm.weight,
         eps=layer.post_attention_layernorm.variance_epsilon,
         qkv=_fused(projections) if fuse else [_linear(p) for p in projections], o=_linear(attn.o_proj),
         gate_up=_fused([mlp.gate_proj, mlp.up_proj]) if fuse else [_linear(mlp.gate_proj), _linear(mlp.up_proj)],
-        down=_linear(mlp.down_proj), act=mlp.act_fn, heads=attn.q_proj.out_features // attn.head_dim,
-        kv_heads=attn.k_proj.out_features // attn.head_dim, head_dim=attn.head_dim, scale=attn.scaling,
+        down=_linear(mlp.down_proj), act=mlp.act_fn, heads=layer.self_attn.config.num_attention_heads,
+        kv_heads=layer.self_attn.config.num_key_value_heads, head_dim=attn.head_dim, scale=attn.scaling,
         index=attn.layer_idx)
 
 
@@ -108,11 +118,12 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 def decoder_layer(w: LayerWeights, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
                   cache: Any = None) -> torch.Tensor:
-    """One layer on ``x`` (batch, n, h). ``cos_sin``: from ``rope`` or a ``RopeTable``; ``mask``: (batch, 1, n, keys) bool, True where a
-    query may attend; ``cache``: stores the new keys/values and returns all keys/values so far."""
+    """One layer on ``x`` (batch, n, h). ``cos_sin``: from ``rope`` or a ``RopeTable``; ``mask``: (batch, 1, n,
+    keys) bool, True where a query may attend; ``cache``: stores the new keys/values and returns all keys/values so
+    far."""
     b, n, _ = x.shape
     h = rms_norm(x, w.input_norm, w.eps) if w.input_norm is not None else x
-    qkv = torch.cat([F.linear(h, *p) for p in w.qkv], -1) if len(w.qkv) > 1 else F.linear(h, *w.qkv[0])
+    qkv = torch.cat([p(h) for p in w.qkv], -1) if len(w.qkv) > 1 else w.qkv[0](h)
     qkv = qkv.view(b, n, w.heads + 2 * w.kv_heads, w.head_dim).transpose(1, 2)
     split = w.heads + w.kv_heads
     qk = _rotate(qkv[:, :split], *cos_sin)  # q and k heads in one go
@@ -122,10 +133,10 @@ def decoder_layer(w: LayerWeights, x: torch.Tensor, cos_sin: tuple[torch.Tensor,
     groups = w.heads // w.kv_heads
     attn = F.scaled_dot_product_attention(q, _repeat_kv(k, groups), _repeat_kv(v, groups), attn_mask=mask,
                                           scale=w.scale)
-    x = x + F.linear(attn.transpose(1, 2).reshape(b, n, -1), *w.o)
+    x = x + w.o(attn.transpose(1, 2).reshape(b, n, -1))
     h = rms_norm(x, w.post_norm, w.eps)
     if len(w.gate_up) > 1:
-        gate, up = (F.linear(h, *p) for p in w.gate_up)
+        gate, up = (p(h) for p in w.gate_up)
     else:
-        gate, up = F.linear(h, *w.gate_up[0]).chunk(2, dim=-1)
-    return x + F.linear(w.act(gate) * up, *w.down)
+        gate, up = w.gate_up[0](h).chunk(2, dim=-1)
+    return x + w.down(w.act(gate) * up)
