@@ -8,6 +8,10 @@ class LlavaAccelError(Exception):
     """Base class for errors caused by the user's input or machine, not by a bug in llava_accel."""
 
 
+class OptionError(LlavaAccelError, ValueError):
+    """An option value that is not one of the choices (a dtype, a loop, a draft tree, a batch size...)."""
+
+
 class UnknownBackendError(LlavaAccelError):
     pass
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from . import distributed
-from .errors import DatasetError
+from .errors import DatasetError, OptionError
 from .metrics import environment
 from .metrics.drift import compare
 from .metrics.energy import EnergyMeter, idle_power, open_meter
@@ -55,9 +55,9 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
     drift from it (``result.drift``: identical answers, common prefix, change in WER and native metric).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise OptionError(f"batch_size must be >= 1, got {batch_size}")
     if flop_counter not in ("torch", "fvcore"):
-        raise ValueError(f"flop_counter must be 'torch' or 'fvcore', not {flop_counter!r}")
+        raise OptionError(f"flop_counter must be 'torch' or 'fvcore', not {flop_counter!r}")
     started = datetime.now(timezone.utc)
     samples, dataset_name = _samples(dataset, limit, seed)
     loaded = samples if hasattr(samples, "skipped") else dataset  # a SampleSet knows its source and skipped rows

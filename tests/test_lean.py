@@ -70,6 +70,23 @@ def test_lean_loop_does_not_call_generate(mixed_batch, monkeypatch):
     assert all(o.token_ids for o in lean.generate(images, prompts, max_new_tokens=4))
 
 
+def test_grouped_kv_heads(tmp_path, mixed_batch):
+    """2 key/value heads for 4 query heads (LLaVA-1.5 has none, other Llama models do): still generate's tokens."""
+    from llava_accel.models import architecture, tiny
+
+    spec = tiny.TinySpec(text_layers=2)
+    tokenizer = tiny.build_tokenizer(tiny.default_corpus(n=100), spec.vocab_size)
+    config = tiny.tiny_config(spec, tokenizer)
+    config.text_config.num_key_value_heads = 2
+    model = architecture.build_model(config, device="cpu", seed=5)
+    tiny.save_tiny(tmp_path / "gqa", model, tiny.build_processor(tokenizer, spec), {"weights": "tiny-random"})
+    lean = la.load_backend("cpu", model=str(tmp_path / "gqa"), dtype="float32")
+    generate = la.load_backend("cpu", model=lean.loaded, dtype="float32", loop="generate")
+    images, prompts = mixed_batch
+    got, expected = (b.generate(images, prompts, max_new_tokens=8, min_new_tokens=8) for b in (lean, generate))
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+
+
 def test_model_whose_generation_config_changes_logits_keeps_generate():
     loaded = load_model(None, device=torch.device("cpu"), dtype=torch.float32)
     assert unsupported_reason(loaded.model) is None
@@ -81,10 +98,23 @@ def test_model_whose_generation_config_changes_logits_keeps_generate():
     with pytest.raises(BackendUnavailableError, match="loop='lean' is not available: .*repetition_penalty") as err:
         la.load_backend("cpu", model=loaded, dtype="float32", loop="lean")
     assert "\n" not in str(err.value)
+    with pytest.raises(BackendUnavailableError, match="backend 'eagle' cannot decode .* exactly as generate does: "
+                                                      ".*repetition_penalty.*; use 'eager'"):
+        la.load_backend("eagle", model=loaded, device="cpu", dtype="float32")
 
 
-def test_unknown_loop_and_unknown_option_are_one_line_errors():
-    with pytest.raises(ValueError, match="unknown loop 'fast'; use one of lean, generate"):
+def test_dynamic_rope_is_refused():
+    loaded = load_model(None, device=torch.device("cpu"), dtype=torch.float32)
+    loaded.model.config.text_config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}
+    assert "dynamic" in unsupported_reason(loaded.model)
+
+
+def test_unknown_loop_and_unknown_option_are_one_line_errors(mixed_batch):
+    with pytest.raises(LlavaAccelError, match="unknown loop 'fast'; use one of lean, generate"):
         la.load_backend("cpu", loop="fast")
+    with pytest.raises(LlavaAccelError, match="unknown dtype 'float7'"):
+        la.load_backend("cpu", dtype="float7")
+    with pytest.raises(LlavaAccelError, match="max_new_tokens must be at least 1, got 0"):
+        la.load_backend("cpu").generate(mixed_batch[0][:1], mixed_batch[1][:1], max_new_tokens=0)
     with pytest.raises(LlavaAccelError, match="backend 'eagle' does not take loop, quantize; it takes: .*depth"):
         la.load_backend("eagle", device="cpu", loop="lean", quantize="int8")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 
 from ..distributed import place
-from ..errors import BackendUnavailableError, ImageError
+from ..errors import BackendUnavailableError, ImageError, OptionError
 from ..image_size import enable_any_image_size, native_image_size
 from ..models.loading import LoadedModel, input_device, load_model, spread_devices
 from ..preprocessing import EncodedBatch, ImageInput, encode, load_image
@@ -31,7 +31,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype '{dtype}'; use one of float16, bfloat16, float32") from None
+        raise OptionError(f"unknown dtype '{dtype}'; use one of float16, bfloat16, float32") from None
 
 
 def missing_cuda() -> str | None:
@@ -185,6 +185,8 @@ class Backend(ABC):
                  ) -> list[GenerationOutput]:
         """Answer each prompt about its image. ``min_new_tokens=max_new_tokens`` forces equal work for timing;
         ``max_input_len``, ``img_size`` and ``fields`` as in ``encode`` (each output says if its prompt was cut)."""
+        if max_new_tokens < 1:
+            raise OptionError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         batch = self.encode(images, prompts, max_input_len, img_size, fields)
         with torch.inference_mode():
             new_ids = self.generate_ids(batch.inputs, max_new_tokens, min_new_tokens, streamer)

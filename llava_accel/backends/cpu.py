@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..distributed import local_share
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, OptionError
 from ..lean.greedy import GreedyDecoder, unsupported_reason
 from .base import default_threads
 from .eager import EagerBackend
@@ -43,9 +43,9 @@ class CpuBackend(EagerBackend):
         """``loop``: "lean" (our greedy loop; the default where it applies) or "generate" (transformers').
         ``options``: those of ``EagerBackend`` (``quantize``, ``quantize_vision``)."""
         if device not in (None, "cpu"):
-            raise ValueError(f"the 'cpu' backend runs on the CPU only, not '{device}'; use 'eager' for CUDA")
+            raise OptionError(f"the 'cpu' backend runs on the CPU only, not '{device}'; use 'eager' for CUDA")
         if loop not in (None, *LOOPS):
-            raise ValueError(f"unknown loop '{loop}'; use one of {', '.join(LOOPS)}")
+            raise OptionError(f"unknown loop '{loop}'; use one of {', '.join(LOOPS)}")
         self.threads = threads or local_share(default_threads())  # shared with data-parallel peers
         torch.set_num_threads(self.threads)
         super().__init__(model, "cpu", dtype, attention, **options)

@@ -17,6 +17,8 @@ import torch
 
 from ..eagle.decoding import EagleDecoder, TreeConfig
 from ..eagle.head import DEFAULT_HEAD, TRAIN_HINT, HeadError, load_head
+from ..errors import BackendUnavailableError, OptionError
+from ..lean.greedy import unsupported_reason
 from ..models.loading import DEFAULT_MODEL, LoadedModel
 from .cpu import CpuBackend
 from .eager import EagerBackend
@@ -36,7 +38,7 @@ class EagleBackend(EagerBackend):
                  tree: str = "dynamic", depth: int | None = None, top_k: int | None = None,
                  total_tokens: int | None = None) -> None:
         if tree not in TREES:
-            raise ValueError(f"unknown draft tree '{tree}'; use one of {', '.join(TREES)}")
+            raise OptionError(f"unknown draft tree '{tree}'; use one of {', '.join(TREES)}")
         defaults = TreeConfig() if tree == "dynamic" else TreeConfig.chain()
         depth = depth or defaults.depth
         self.tree = (TreeConfig.chain(depth) if tree == "chain" else
@@ -44,6 +46,10 @@ class EagleBackend(EagerBackend):
         if dtype is None and torch.device(device or self.default_device).type == "cpu":
             dtype = CpuBackend.default_dtype  # fp16 on a CPU is emulated: slow, and not what `cpu` compares with
         super().__init__(model, device, dtype, attention)
+        reason = unsupported_reason(self.model)  # the loop runs the lean layers: generate's tokens only where they apply
+        if reason:
+            raise BackendUnavailableError(f"backend 'eagle' cannot decode '{self.loaded.model_id}' exactly as generate "
+                                          f"does: {reason}; use 'eager'")
         if head is None and Path(self.loaded.path).resolve() != Path(DEFAULT_MODEL).resolve():
             raise HeadError(f"the 'eagle' backend needs a draft head for '{self.loaded.model_id}'; "
                             + TRAIN_HINT.format(model=self.loaded.model_id))

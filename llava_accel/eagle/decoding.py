@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import OptionError
 from ..lean.cache import SlotCache
 from ..lean.layer import RopeTable, decoder_layer, layer_weights
 from ..lean.prefill import prompt_positions, run_target
@@ -42,7 +43,7 @@ class TreeConfig:
     def __post_init__(self) -> None:
         most = self.top_k + (self.depth - 1) * self.top_k ** 2
         if self.depth < 1 or self.top_k < 1 or not 1 <= self.total_tokens <= most:
-            raise ValueError(f"draft tree depth={self.depth}, top_k={self.top_k}, total_tokens={self.total_tokens}: "
+            raise OptionError(f"draft tree depth={self.depth}, top_k={self.top_k}, total_tokens={self.total_tokens}: "
                              f"need depth >= 1, top_k >= 1 and 1 <= total_tokens <= {most}")
 
     @classmethod

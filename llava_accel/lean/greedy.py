@@ -31,18 +31,22 @@ LOGITS_FIELDS = ("repetition_penalty", "encoder_repetition_penalty", "no_repeat_
 
 
 def unsupported_reason(model: Any) -> str | None:
-    """None when ``GreedyDecoder`` computes exactly what ``generate`` does for ``model``, else why not (one line)."""
+    """None when the lean layers compute exactly what ``generate`` does for ``model``, else why not (one line).
+    Shared by every loop built on them (``GreedyDecoder``, EAGLE's)."""
     from transformers import GenerationConfig
 
     text = model.config.text_config
     if getattr(text, "model_type", None) != "llama":
-        return f"the lean loop runs Llama text models, not '{text.model_type}'"
+        return f"its text model is '{text.model_type}', and the lean layers are Llama's"
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type")) == "dynamic":
+        return "its RoPE is 'dynamic' (rescaled with the sequence length), and the lean layers use one fixed table"
     if len({p.device for p in model.parameters()}) > 1:
-        return "the lean loop needs the whole model on one device (it is spread by device_map)"
+        return "the model is spread over several devices (device_map)"
     config, default = getattr(model, "generation_config", None), GenerationConfig()
     changed = [f for f in LOGITS_FIELDS if config is not None and getattr(config, f, None) != getattr(default, f, None)]
     if changed:
-        return f"the model's generation config changes the logits ({', '.join(changed)}), which the lean loop does not"
+        return f"its generation config changes the logits before the argmax ({', '.join(changed)})"
     return None
 
 
