@@ -206,6 +206,17 @@ def point(backend: Any, samples: Sequence, batch: int, reference: Any, bandwidth
     return row, m
 
 
+def quantized_row(options: dict[str, Any], device: str, dtype: torch.dtype) -> tuple[dict[str, Any], str | None]:
+    """A quantised row's options in the dtype its kernels take (CUDA int4 has bf16 kernels only: that row runs in
+    bf16 beside the fp16 rows, and its agreement with ``eager`` then includes the bf16 rounding), and why it cannot
+    run here (None when it can)."""
+    from llava_accel.quantize import preferred_dtype, unsupported_reason
+
+    mode, device = options["quantize"], options.get("device") or device
+    dtype = preferred_dtype(mode, device, dtype)
+    return {**options, "dtype": str(dtype).removeprefix("torch.")}, unsupported_reason(mode, device, dtype)
+
+
 def _stats(s: Any) -> dict[str, float] | None:
     return None if s is None else {"mean": s.mean, "p50": s.p50, "p90": s.p90, "n": s.n}
 
@@ -218,8 +229,8 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
     ``backends``: (name, options) pairs, options passed to ``load_backend`` (device and dtype must match the model).
     A point is not started when the time already spent plus the projected cost of that point passes ``budget_s``.
     """
+    from llava_accel.backends.base import resolve_dtype
     from llava_accel.metrics import environment
-    from llava_accel.quantize import unsupported_reason
     from llava_accel.registry import backend_class, load_backend, row_label
 
     start = time.monotonic()
@@ -238,13 +249,13 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
         reason = backend_class(name).unavailable_reason(**{
             k: v for k, v in options.items() if k in ("device", "dtype", "attention")})
         if not reason and options.get("quantize"):
-            reason = unsupported_reason(options["quantize"], options.get("device") or device, loaded.model.dtype)
+            options, reason = quantized_row(options, device, loaded.model.dtype)
         if reason:
             report["skipped"].append({"backend": label, "reason": reason})
             continue
         model = loaded
         if options.get("quantize"):  # quantised in place: a copy with the same random weights
-            model = random_llava(loaded.model.config, device, loaded.model.dtype, name=loaded.model_id)
+            model = random_llava(loaded.model.config, device, resolve_dtype(options["dtype"]), name=loaded.model_id)
         if name == "eagle" and "head" not in options:
             options = {**options, "head": random_head(model)}
         backend = load_backend(name, model=model, **options)
@@ -274,7 +285,7 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
     return report
 
 
-HEADER = (f"{'backend':<12} {'batch':>5} {'latency ms':>10} {'p90 ms':>8} {'floor ms':>8} {'x floor':>7} "
+HEADER = (f"{'backend':<12} {'dtype':<8} {'batch':>5} {'latency ms':>10} {'p90 ms':>8} {'floor ms':>8} {'x floor':>7} "
           f"{'TTFT ms':>8} {'TPOT ms':>8} {'J/sample':>9} {'MFU %':>6} {'peak GiB':>8} {'agree':>6}")
 
 
@@ -288,7 +299,7 @@ def format_row(row: dict[str, Any]) -> str:
     lat, flr, fl = row.get("latency_s") or {}, row.get("floor") or {}, row.get("flops") or {}
     agree = row.get("agreement_with_eager", {}).get("identical_answers")
     peak = row["memory"]["device_peak_bytes"]
-    return (f"{row['backend']:<12} {row['batch']:>5} {ms(lat.get('mean')):>10} {ms(lat.get('p90')):>8} "
+    return (f"{row['backend']:<12} {row['describe']['dtype']:<8} {row['batch']:>5} {ms(lat.get('mean')):>10} {ms(lat.get('p90')):>8} "
             f"{ms(flr.get('latency_s')):>8} {num(row.get('latency_over_floor'), '.2f'):>7} "
             f"{ms((row.get('ttft_s') or {}).get('mean')):>8} {ms((row.get('tpot_s') or {}).get('mean')):>8} "
             f"{num(row['energy']['joules_per_sample'], '.2f'):>9} "

@@ -1,7 +1,5 @@
 """``flash`` runs only with flash-attn, a CUDA GPU (Ampere+) and fp16/bf16; anywhere else it says what is missing."""
 
-from importlib.util import find_spec
-
 import pytest
 import torch
 
@@ -9,7 +7,7 @@ import llava_accel as la
 from llava_accel.backends import flash
 from llava_accel.backends.flash import FlashBackend
 
-HAS_FLASH = find_spec("flash_attn") is not None
+HAS_FLASH = flash.flash_attn_version() is not None
 requires_flash = pytest.mark.skipif(not (HAS_FLASH and torch.cuda.is_available()), reason="needs flash-attn and CUDA")
 
 
@@ -25,7 +23,7 @@ def test_unavailable_here_with_one_line_reason():
 
 
 def test_each_missing_piece_is_named(monkeypatch):
-    monkeypatch.setattr(flash, "find_spec", lambda name: object())  # flash-attn "installed"
+    monkeypatch.setattr(flash, "flash_attn_version", lambda: "2.8.3")  # flash-attn "installed"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert FlashBackend.unavailable_reason() is None
@@ -37,6 +35,22 @@ def test_each_missing_piece_is_named(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert FlashBackend.unavailable_reason() == (
         "needs an Ampere or newer GPU (compute capability 8.0+, this one is 7.5)")
+
+
+def test_flash_attn_4_is_not_taken_for_flash_attention_2(tmp_path, monkeypatch):
+    """flash-attn-4 installs a ``flash_attn`` package (``flash_attn.cute``): an import check would call FA2
+    installed, and loading would then fail inside transformers."""
+    (tmp_path / "flash_attn" / "cute").mkdir(parents=True)
+    (tmp_path / "flash_attn" / "__init__.py").write_text("")
+    (tmp_path / "flash_attn_4-4.0.0.dist-info").mkdir()
+    (tmp_path / "flash_attn_4-4.0.0.dist-info" / "METADATA").write_text("Name: flash-attn-4\nVersion: 4.0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert flash.flash_attn_version() is None
+    assert FlashBackend.unavailable_reason().startswith("needs the flash-attn package")
+    (tmp_path / "flash_attn-2.8.3.dist-info").mkdir()
+    (tmp_path / "flash_attn-2.8.3.dist-info" / "METADATA").write_text("Name: flash-attn\nVersion: 2.8.3\n")
+    assert flash.flash_attn_version() == "2.8.3"
+    assert "flash-attn package" not in (FlashBackend.unavailable_reason() or "")
 
 
 def test_flash_refuses_another_attention():

@@ -117,3 +117,18 @@ def test_random_prompts_have_exact_text_token_counts():
     ragged = [count_text_tokens(processor.tokenizer, s.prompt, image_id)
               for s in gpu_check.random_samples(processor, 8, ragged=True)]
     assert len(set(ragged)) > 1 and all(102 <= n <= 204 for n in ragged)
+
+
+def test_every_quantised_default_row_runs_on_cuda_in_a_dtype_it_has_kernels_for():
+    """The GPU check's defaults are fp16; CUDA int4 has bf16 kernels only: that row must switch dtype, not be
+    skipped (which is what happened before this test: a lent GPU's minutes spent without an int4 row)."""
+    rows = [(n, o) for n, o in gpu_check.parse_rows(",".join(gpu_check.BACKENDS), {"device": "cuda",
+                                                                                    "dtype": "float16"})
+            if o.get("quantize")]
+    assert {o["quantize"] for _, o in rows} == {"int8", "int4"}
+    resolved = {o["quantize"]: gpu_check.quantized_row(o, "cuda", torch.float16) for _, o in rows}
+    assert resolved["int8"] == ({"device": "cuda", "dtype": "float16", "quantize": "int8"}, None)
+    assert resolved["int4"] == ({"device": "cuda", "dtype": "bfloat16", "quantize": "int4"}, None)
+    options, reason = gpu_check.quantized_row({"quantize": "int8-dynamic", "dtype": "float16"}, "cuda",
+                                              torch.float16)
+    assert reason == "quantize='int8-dynamic' has no kernel on cuda (available on: cpu); use 'int8' or 'int4'"

@@ -6,7 +6,7 @@ checked before loading, without importing flash_attn, so ``list_backends()`` sta
 
 from __future__ import annotations
 
-from importlib.util import find_spec
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
@@ -37,7 +37,7 @@ class FlashBackend(EagerBackend):
     def unavailable_reason(cls, device: str | None = None, dtype: str | None = None,
                            attention: str | None = None) -> str | None:
         missing = []
-        if find_spec("flash_attn") is None:
+        if flash_attn_version() is None:
             missing.append("the flash-attn package (pip install 'llava-accel[flash]')")
         device = str(device or cls.default_device)
         if not device.startswith("cuda"):
@@ -50,3 +50,12 @@ class FlashBackend(EagerBackend):
         if resolve_dtype(dtype or cls.default_dtype) == torch.float32:
             missing.append("dtype float16 or bfloat16 (FlashAttention-2 has no float32 kernels)")
         return "needs " + "; ".join(missing) if missing else None
+
+
+def flash_attn_version() -> str | None:
+    """The installed flash-attn (FlashAttention-2) release, or None. Asked by distribution name, as transformers
+    does: flash-attn-4 installs a ``flash_attn`` package too (``flash_attn.cute``), which holds no FlashAttention-2."""
+    try:
+        return version("flash-attn")
+    except PackageNotFoundError:
+        return None
