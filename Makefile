@@ -4,11 +4,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+# the oldest transformers we support (pyproject's lower bound): the lent GPU machine's image has it
+OLDEST_TRANSFORMERS ?= 5.17.0
 BIN := $(VENV)/bin
+OLD := .venv-oldest/bin
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-oldest clean
 
 setup: $(VENV)/.installed
 
@@ -27,5 +30,17 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# the suite again on the oldest transformers we support (CI runs it after `test`)
+test-oldest: .venv-oldest/.installed
+	$(OLD)/python -m pytest -q -p no:cacheprovider
+
+.venv-oldest/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv .venv-oldest
+	$(OLD)/python -m pip install -q --upgrade pip
+	$(OLD)/python -c "import torch" 2>/dev/null || $(OLD)/python -m pip install -q "$(TORCH)"
+	$(OLD)/python -m pip install -q -e '.[test]' "transformers==$(OLDEST_TRANSFORMERS)"
+	$(OLD)/python -c "import transformers as t; assert t.__version__ == '$(OLDEST_TRANSFORMERS)', t.__version__"
+	touch $@
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-oldest build *.egg-info

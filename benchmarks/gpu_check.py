@@ -272,7 +272,7 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
                                 report["bandwidth_bytes_per_s"], new_tokens)
             compiling = sum(e["first_call_s"] for e in row["describe"].get("compile_events", [])[compiled_before:])
             last = (time.monotonic() - start - elapsed, compiling, batch)
-            if name == "eager":
+            if label == "eager":  # not eager+int8: a quantised row is measured against eager, never the reference
                 references[batch] = result
             report["points"].append(row)
             print(format_row(row), flush=True)

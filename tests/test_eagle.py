@@ -6,6 +6,7 @@ import torch
 from transformers import DynamicCache
 
 import llava_accel as la
+from llava_accel.models.compat import cache_kwarg
 from llava_accel.tasks import SYNTHETIC_TASKS, synthetic_samples
 
 MAX_NEW = 24
@@ -119,9 +120,9 @@ def test_kv_compaction_equals_plain_decode_cache(eagle, mixed_batch):
                "attention_mask": torch.ones(1, int(real.sum()), dtype=torch.long)}
         plain = DynamicCache(config=model.config.text_config)
         with torch.inference_mode():
-            model(**row, cache=plain, use_cache=True)
+            model(**row, **{cache_kwarg(model): plain}, use_cache=True)
             for t in ids[b, :-1].tolist():
-                model(input_ids=torch.tensor([[t]]), cache=plain, use_cache=True)
+                model(input_ids=torch.tensor([[t]]), **{cache_kwarg(model): plain}, use_cache=True)
         # the last step may have accepted tokens past max_new_tokens: their entries are valid too, but not compared
         start, end = int(cache.start[b]), int(cache.start[b]) + row["input_ids"].shape[1] + MAX_NEW - 1
         assert int(cache.lens[b]) >= end

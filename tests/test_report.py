@@ -15,7 +15,6 @@ from PIL import Image
 
 from llava_accel.cli import main
 from llava_accel.study.pareto import pareto_front, recommend
-from llava_accel.study.report import write_report
 from llava_accel.study.rows import Row, load_results, merge_repetitions
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_tiny.jsonl"

@@ -14,7 +14,6 @@ addresses make cudagraph trees record the graph again on every call.
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import time
@@ -24,6 +23,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import LlavaAccelError
+from ..models.compat import cache_kwarg
 from ..models.loading import LoadedModel
 from .eager import EagerBackend
 
@@ -126,8 +126,7 @@ class CompileBackend(EagerBackend):
         self.decode_compiled: bool | None = None  # known after the first call
         self.cache: Any = None  # the StaticCache, kept across calls
         self._cache_shape = (0, 0)  # (batch, length) it was made for
-        self._cache_kwarg = "cache" if "cache" in inspect.signature(type(self.model).forward).parameters \
-            else "past_key_values"  # renamed in transformers 5.2x
+        self._cache_kwarg = cache_kwarg(self.model)
         self._events_at_reset = 0
 
     @classmethod

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ..models.compat import output_cache
+
 
 def prompt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids of a left-padded batch, as ``generate`` makes them (real tokens count from 0, pads get 0)."""
@@ -26,5 +28,4 @@ def run_target(model: Any, inputs: dict[str, torch.Tensor], use_cache: bool = Tr
         out = model.model(**inputs, position_ids=prompt_positions(inputs["attention_mask"]), use_cache=use_cache)
     finally:
         handle.remove()
-    cache = getattr(out, "cache", None)  # transformers 5.24; 5.17 calls it past_key_values
-    return caught["embeds"], out.last_hidden_state, cache if cache is not None else getattr(out, "past_key_values")
+    return caught["embeds"], out.last_hidden_state, output_cache(out)

@@ -14,7 +14,6 @@ real model (a test checks it), and it costs no device time or memory.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..image_size import enable_any_image_size, native_image_size
+from ..models.compat import cache_kwarg, output_cache
 
 aten = torch.ops.aten
 
@@ -72,8 +72,18 @@ def attention_mapping() -> dict[Any, Any]:
     return mapping
 
 
+class _FlopCounter(FlopCounterMode):
+    """Leaves out the rotary embedding's tables: transformers 5.17 builds them with a matmul (inv_freq x positions,
+    ``head_dim * seq_len`` FLOPs per row), 5.24 with an elementwise product that is not counted. A few thousand
+    FLOPs either way, but a count must not depend on the transformers version."""
+
+    def get_total_flops(self) -> int:
+        rotary = sum(sum(ops.values()) for name, ops in self.get_flop_counts().items() if name.endswith("rotary_emb"))
+        return super().get_total_flops() - rotary
+
+
 def flop_counter() -> FlopCounterMode:
-    return FlopCounterMode(display=False, custom_mapping=attention_mapping())
+    return _FlopCounter(display=False, custom_mapping=attention_mapping())
 
 
 def _count(fn, *args, **kwargs) -> tuple[int, Any]:
@@ -110,15 +120,6 @@ def image_tokens(config, image_size: int | None = None) -> int:
     return ((image_size or v.image_size) // v.patch_size) ** 2 + (config.vision_feature_select_strategy == "full")
 
 
-def _cache_kw(model) -> str:
-    """transformers 5.24 renamed ``past_key_values`` to ``cache``; 5.17 has only the old name."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _out_cache(out):
-    return out.cache if hasattr(out, "cache") else out.past_key_values
-
-
 @dataclass
 class StepFlops:
     """FLOPs of one batch's prefill and of its first two decode steps (cache of S and S+1 tokens)."""
@@ -134,7 +135,7 @@ def count_generation(model, input_ids: torch.Tensor, pixel_values: torch.Tensor,
     decode steps, on ``model`` as it is (real weights or meta)."""
     if logits not in ("all", "last"):
         raise ValueError(f"logits must be 'all' or 'last', not {logits!r}")
-    kw = _cache_kw(model)
+    kw = cache_kwarg(model)
     if tuple(pixel_values.shape[-2:]) != (native_image_size(model.config),) * 2:
         enable_any_image_size(model)  # as backends do for another img_size (works on transformers 5.17 too)
     batch = input_ids.shape[0]
@@ -147,7 +148,7 @@ def count_generation(model, input_ids: torch.Tensor, pixel_values: torch.Tensor,
                 attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
             step_ids = input_ids.new_zeros(batch, 1)
             flops, out = _count(model, input_ids=step_ids, attention_mask=attention_mask, use_cache=True,
-                                **{kw: _out_cache(out)})
+                                **{kw: output_cache(out)})
             steps.append(flops)
     return StepFlops(prefill, *steps)
 

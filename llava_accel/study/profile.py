@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..metrics.flops import _cache_kw, _out_cache, flop_counter, image_token_id
+from ..metrics.flops import flop_counter, image_token_id
 from ..metrics.mfu import cpu_model, device_peak
+from ..models.compat import cache_kwarg, output_cache
 from .tables import format_table
 
 FORWARD = "forward"
@@ -339,7 +340,7 @@ def profile_layers(backend: Any, samples: Sequence[Any], batch_sizes: Sequence[i
     timer_cls = CudaEventTimer if device.type == "cuda" else ProfilerTimer
     parts = model_parts(model)
     kinds = {p.name: p.kind for p, _ in parts}
-    cache_arg = _cache_kw(model)
+    cache_arg = cache_kwarg(model)
     phases = {ph: PhaseResult(ph, [], [], [], []) for ph in PHASES}
     per_phase: dict[str, dict[str, PartResult]] = {ph: {} for ph in PHASES}
     image_tokens = 0
@@ -349,7 +350,7 @@ def profile_layers(backend: Any, samples: Sequence[Any], batch_sizes: Sequence[i
         length = inputs["input_ids"].shape[1]
         with torch.inference_mode():
             out = model(**inputs, use_cache=True, logits_to_keep=1)
-            cache = _out_cache(out)
+            cache = output_cache(out)
             step = {"input_ids": out.logits[:, -1].argmax(-1, keepdim=True),
                     "attention_mask": torch.cat([inputs["attention_mask"],
                                                  inputs["attention_mask"].new_ones(b, 1)], dim=1),

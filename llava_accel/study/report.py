@@ -144,7 +144,7 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, latency_budge
     rows = res.rows
     machines = sorted({r.machine for r in rows if r.machine} | {p.machine for p in res.profiles})
     models = sorted({f"{r.model} ({r.weights})" for r in rows})
-    md = [f"# Study report", "",
+    md = ["# Study report", "",
           f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} from {', '.join(res.sources)}: "
           f"{len(rows)} measured configurations, {len(res.failed)} that did not finish, "
           f"{len(res.profiles)} per-layer profiles.", "",
