@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from llava_accel import Backend
+from llava_accel.models.compat import cache_kwarg, output_cache
 
 
 class ManualLoopBackend(Backend):
@@ -38,5 +39,5 @@ class ManualLoopBackend(Backend):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
             positions = positions[:, -1:] + 1
             out = self.model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                             past_key_values=out.past_key_values, use_cache=True)
+                             use_cache=True, **{cache_kwarg(self.model): output_cache(out)})  # renamed in 5.2x
         return torch.stack(new_tokens, dim=1)
