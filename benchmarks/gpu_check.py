@@ -3,10 +3,10 @@
     python benchmarks/gpu_check.py [--out gpu_check.json] [--backends eager,flash,eagle,eager+int8,eager+int4,compile]
                                    [--batches 1,4,8,16]
 
-For each backend (``NAME+MODE``: with quantised weights) and batch size: prompts of 780 tokens (576 image + 204 text), exactly 8 new tokens, timed by
-``llava_accel.measure`` (latency mean/p50/p90, TTFT, time per output token, energy and its source, FLOPs, MFU, peak
-memory), token agreement with ``eager`` on the same samples, and the physical floor beside each latency. The JSON is
-rewritten after every point, so an interrupted run keeps what it measured. Numbers on random weights are valid for
+For each backend (``NAME+MODE``: with quantised weights) and batch size: prompts of 780 tokens (576 image + 204
+text), exactly 8 new tokens, timed by ``llava_accel.measure`` (latency mean/p50/p90, TTFT, time per output token,
+energy and its source, FLOPs, MFU, peak memory), token agreement with ``eager`` on the same samples, and the physical
+floor beside each latency. The JSON is rewritten after every point, so an interrupted run keeps what it measured. Numbers on random weights are valid for
 latency, energy and FLOPs at a fixed output length, not for quality. Sized to finish in under 8 minutes on one
 H100/H200-class GPU; a point that would not fit the time budget is skipped and listed.
 
@@ -285,8 +285,8 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
     return report
 
 
-HEADER = (f"{'backend':<12} {'dtype':<8} {'batch':>5} {'latency ms':>10} {'p90 ms':>8} {'floor ms':>8} {'x floor':>7} "
-          f"{'TTFT ms':>8} {'TPOT ms':>8} {'J/sample':>9} {'MFU %':>6} {'peak GiB':>8} {'agree':>6}")
+HEADER = (f"{'backend':<12} {'dtype':<8} {'batch':>5} {'latency ms':>10} {'p90 ms':>8} {'floor ms':>8} "
+          f"{'x floor':>7} {'TTFT ms':>8} {'TPOT ms':>8} {'J/sample':>9} {'MFU %':>6} {'peak GiB':>8} {'agree':>6}")
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -299,8 +299,8 @@ def format_row(row: dict[str, Any]) -> str:
     lat, flr, fl = row.get("latency_s") or {}, row.get("floor") or {}, row.get("flops") or {}
     agree = row.get("agreement_with_eager", {}).get("identical_answers")
     peak = row["memory"]["device_peak_bytes"]
-    return (f"{row['backend']:<12} {row['describe']['dtype']:<8} {row['batch']:>5} {ms(lat.get('mean')):>10} {ms(lat.get('p90')):>8} "
-            f"{ms(flr.get('latency_s')):>8} {num(row.get('latency_over_floor'), '.2f'):>7} "
+    return (f"{row['backend']:<12} {row['describe']['dtype']:<8} {row['batch']:>5} {ms(lat.get('mean')):>10} "
+            f"{ms(lat.get('p90')):>8} {ms(flr.get('latency_s')):>8} {num(row.get('latency_over_floor'), '.2f'):>7} "
             f"{ms((row.get('ttft_s') or {}).get('mean')):>8} {ms((row.get('tpot_s') or {}).get('mean')):>8} "
             f"{num(row['energy']['joules_per_sample'], '.2f'):>9} "
             f"{num(fl.get('mfu') and 100 * fl['mfu'], '.1f'):>6} {num(peak and peak / 2**30, '.1f'):>8} "

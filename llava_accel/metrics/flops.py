@@ -78,7 +78,8 @@ class _FlopCounter(FlopCounterMode):
     FLOPs either way, but a count must not depend on the transformers version."""
 
     def get_total_flops(self) -> int:
-        rotary = sum(sum(ops.values()) for name, ops in self.get_flop_counts().items() if name.endswith("rotary_emb"))
+        counts = self.get_flop_counts()
+        rotary = sum(sum(ops.values()) for name, ops in counts.items() if name.endswith("rotary_emb"))
         return super().get_total_flops() - rotary
 
 
