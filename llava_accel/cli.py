@@ -99,18 +99,20 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
 def cmd_profile(args: argparse.Namespace) -> int:
     import json
 
+    from .outputs import check_file, save, write_atomic
     from .registry import load_backend
     from .study.profile import profile_layers
     from .tasks import load_task
 
+    out = check_file(args.json, "--json") if args.json else None
     batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
     backend = load_backend(args.backend, model=args.model, **_backend_options(args))
     samples = load_task(args.task, limit=max(batch_sizes), seed=args.seed)
     profile = profile_layers(backend, samples, batch_sizes=batch_sizes, img_size=args.img_size, repeats=args.repeats)
     print(profile.table())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(profile.to_dict(), f, indent=1)
+    if out:
+        text = json.dumps(profile.to_dict(), indent=1) + "\n"
+        print(f"wrote {save(lambda p: write_atomic(p, text), out, 'the profile')}", file=sys.stderr)
     return 0
 
 
@@ -138,12 +140,14 @@ def cmd_measure(args: argparse.Namespace) -> int:
     import functools
 
     from .measure import measure
+    from .outputs import OutputFile, check_file
     from .result import MeasureResult
     from .registry import load_backend
     from .tasks import load_task
     from .tasks.folder import load_folder
 
-    # bad data fails before the model loads
+    # a bad output path or bad data fails before the model loads
+    json_file = OutputFile(check_file(args.json, "--json")) if args.json and is_main_process() else None
     if args.data:
         samples = load_folder(args.data, args.limit)
     else:
@@ -160,11 +164,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
         same = {**{k: v for k, v in options.items() if k not in ("quantize", "quantize_vision")},
                 "dtype": backend.dtype}
         reference = run(load_backend(args.backend, model=args.model, **same), count_flops=False)
-    result = run(backend, count_flops=not args.no_flops, checkpoint=args.json, reference=reference)
+    result = run(backend, count_flops=not args.no_flops, checkpoint=json_file, reference=reference)
     if is_main_process():  # under `accelerate launch` every process holds the same result: one prints it
         print(result)
-        if args.json:
-            print(f"wrote {args.json}", file=sys.stderr)
+        if json_file:
+            print(f"wrote {json_file}", file=sys.stderr)
     return 130 if not result.validity.checks.get("complete", True) else 0
 
 

@@ -20,6 +20,7 @@ import torch
 
 from .errors import LlavaAccelError
 from .measure import measure
+from .outputs import check_folder, save, write_atomic
 from .registry import backend_class, list_backends, load_backend, row_label, split_label
 from .tasks import SYNTHETIC_TASKS, load_task
 
@@ -103,8 +104,8 @@ def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit:
 
     The tasks are loaded first (``source``: where a named task's data lives, see ``load_task``), so a task that
     cannot be read fails before any model is loaded, and every backend gets the same samples."""
+    out = check_folder(out_dir or f"llava-accel-demo-{time.strftime('%Y%m%d-%H%M%S')}", "demo folder")
     data = {task: load_task(task, limit=limit, source=source) for task in tasks}
-    out = Path(out_dir or f"llava-accel-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     backends = list(backends if backends is not None else demo_backends())
     rows, references = [], {}
@@ -120,10 +121,11 @@ def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit:
             result = measure(backend, data[task], batch_size=batch_size, warmup=1, idle_seconds=0,
                              progress=False, reference=references.get(task))
             references.setdefault(task, result)
-            result.to_json(out / f"{label}-{task}.json")
+            save(result.to_json, out / f"{label}-{task}.json", f"the {label} result on {task}")
             rows.append(_row(label, task, result, backends[0][0]))
         del backend
-    (out / "summary.json").write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+    summary = json.dumps([asdict(r) for r in rows], indent=1) + "\n"
+    save(lambda p: write_atomic(p, summary), out / "summary.json", "the demo summary")
     return rows, out
 
 

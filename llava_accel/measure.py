@@ -18,6 +18,7 @@ import torch
 
 from . import distributed
 from .errors import DatasetError, OptionError
+from .interrupts import HeldInterrupts
 from .metrics import environment
 from .metrics.drift import compare
 from .metrics.energy import EnergyMeter, idle_power, open_meter
@@ -26,6 +27,7 @@ from .metrics.latency import TimingStreamer, summarize
 from .metrics.memory import MemoryTracker
 from .metrics.mfu import device_peak
 from .metrics.wer import corpus_wer
+from .outputs import OutputFile, check_file
 from .result import (BatchRecord, EnergyResult, FlopsResult, LatencyResult, MeasureResult, Prediction, Validity)
 from .tasks import TASKS, Sample, apply_stop, load_task, native_metric, task_max_new_tokens
 
@@ -49,8 +51,11 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
     Every sample is generated once in timed batches of ``batch_size``, after ``warmup`` untimed batches (taken from
     the start of the data). ``max_new_tokens=None`` uses the task's budget (else 32); ``fixed_new_tokens=True``
     forces exactly ``max_new_tokens`` per answer (``min_new_tokens=max_new_tokens``) so that backends do equal work.
-    ``checkpoint``: a JSON path rewritten every 30 s and on failure, so a long run never loses what it measured;
-    Ctrl-C stops the run and returns (and writes) the result so far, marked not valid.
+    ``checkpoint``: a JSON path (or an ``outputs.OutputFile``, to learn where it went) checked first, then rewritten
+    every 30 s, on failure and at the end, so a long run never loses what it measured; when its place fails during
+    the run, the result goes to a temporary file and stderr says where. Ctrl-C at any moment returns (and writes)
+    what was measured, marked not valid (``validity.checks["complete"]`` False): during a batch it stops the run
+    there, during the FLOP pass it skips the FLOPs, later it is held until the result is built and written.
     ``reference``: a result on the same samples (e.g. the same backend unquantised): the result then carries its
     drift from it (``result.drift``: identical answers, common prefix, change in WER and native metric).
     """
@@ -58,6 +63,8 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
         raise OptionError(f"batch_size must be >= 1, got {batch_size}")
     if flop_counter not in ("torch", "fvcore"):
         raise OptionError(f"flop_counter must be 'torch' or 'fvcore', not {flop_counter!r}")
+    if checkpoint is not None and not isinstance(checkpoint, OutputFile) and distributed.is_main_process():
+        checkpoint = OutputFile(check_file(checkpoint, "checkpoint file"))  # before the data loads
     started = datetime.now(timezone.utc)
     samples, dataset_name = _samples(dataset, limit, seed)
     loaded = samples if hasattr(samples, "skipped") else dataset  # a SampleSet knows its source and skipped rows
@@ -79,53 +86,66 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
     run.memory = MemoryTracker(backend.device)
     run.meter = open_meter(*getattr(backend, "devices", [backend.device]))  # several: a model spread by device_map
     show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main_process()
-    error, timing = None, False
-    try:
-        with distributed.step("warm-up"):  # a process that cannot start fails them all now, not at the end
-            run.idle_w = idle_power(run.meter, idle_seconds) if run.meter.measured and idle_seconds > 0 else None
-            for i in range(warmup if run.batches else 0):
-                run.generate(run.batches[i % len(run.batches)], streamer=None)
-            getattr(backend, "reset_stats", lambda: None)()  # backend-reported counters cover the timed batches only
-        timing = True
-        last_checkpoint, total = time.monotonic(), sum(map(len, run.batches))
-        for batch in run.batches:
-            run.time_batch(batch)
-            if show:
-                _print_progress(run, total)
-            if checkpoint and not dp and time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
-                run.result(min_timed_batches, max_cv).to_json(checkpoint)
-                last_checkpoint = time.monotonic()
-    except KeyboardInterrupt:
-        run.interrupted = True
-    except BaseException as exc:
-        if dp and timing:  # the others are timing or waiting at the gather: report it there, with what was measured
-            error = exc
-        else:
-            if checkpoint and run.records:
-                run.result(min_timed_batches, max_cv).to_json(checkpoint)
-            raise
-    finally:
-        run.meter.close()
-        if show:
-            sys.stderr.write("\n")
-    if count_flops and not run.interrupted and error is None and run.records:
-        run.count_flops(flop_counter)
-    parts, lost = None, None
-    if dp:
-        own = distributed.part(dp, run, error)
+    # Ctrl-C stops a batch or the FLOP pass at once; anywhere else it is held until the result is built and written
+    with HeldInterrupts() as held:
+        error, timing = None, False
         try:
-            parts = dp.exchange(own, "gathering the results")
-        except distributed.DataParallelError as exc:  # a process hung or died: keep what this one measured
-            parts, lost = [own], exc
-        run = distributed.merge(run, parts, dp.world)
-    result = run.result(min_timed_batches, max_cv)
-    if parts:
-        distributed.complete(result, parts, lost)
-    result.config["duration_s"] = (datetime.now(timezone.utc) - started).total_seconds()
-    if reference is not None:
-        result.drift = compare(reference, result)
-    if checkpoint:
-        result.to_json(checkpoint)
+            with held.released(), distributed.step("warm-up"):  # a process that cannot start fails them all now
+                run.idle_w = idle_power(run.meter, idle_seconds) if run.meter.measured and idle_seconds > 0 else None
+                for i in range(warmup if run.batches else 0):
+                    run.generate(run.batches[i % len(run.batches)], streamer=None)
+                getattr(backend, "reset_stats", lambda: None)()  # backend counters cover the timed batches only
+            timing = True
+            last_checkpoint, total = time.monotonic(), sum(map(len, run.batches))
+            for batch in run.batches:
+                if held.count:  # Ctrl-C between two batches (progress line, checkpoint)
+                    break
+                with held.released():
+                    run.time_batch(batch)
+                if show:
+                    _print_progress(run, total)
+                if checkpoint and not dp and time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
+                    checkpoint.write_text(run.result(min_timed_batches, max_cv).to_json())
+                    last_checkpoint = time.monotonic()
+        except KeyboardInterrupt:
+            run.interrupted = True
+        except BaseException as exc:
+            if dp and timing:  # the others are timing or waiting at the gather: report it there, with what was measured
+                error = exc
+            else:
+                if checkpoint and run.records:
+                    checkpoint.write_text(run.result(min_timed_batches, max_cv).to_json())
+                raise
+        finally:
+            run.meter.close()
+            if show:
+                sys.stderr.write("\n")
+        run.interrupted = run.interrupted or held.count > 0
+        if count_flops and not run.interrupted and error is None and run.records:
+            try:
+                with held.released():
+                    run.count_flops(flop_counter)
+            except KeyboardInterrupt:
+                run.interrupted, run.flop_error = True, "interrupted (Ctrl-C)"
+        parts, lost = None, None
+        if dp:
+            own = distributed.part(dp, run, error)
+            try:
+                parts = dp.exchange(own, "gathering the results")
+            except distributed.DataParallelError as exc:  # a process hung or died: keep what this one measured
+                parts, lost = [own], exc
+            run = distributed.merge(run, parts, dp.world)
+        result = run.result(min_timed_batches, max_cv)
+        if parts:
+            distributed.complete(result, parts, lost)
+        result.config["duration_s"] = (datetime.now(timezone.utc) - started).total_seconds()
+        if reference is not None:
+            result.drift = compare(reference, result)
+        if held.count and not run.interrupted:  # Ctrl-C while the result was being built: say so in it
+            run.interrupted = True
+            result.validity = run._validity(min_timed_batches, max_cv)
+        if checkpoint:
+            checkpoint.write_text(result.to_json())
     if parts:  # after the checkpoint: a failed job keeps what its processes measured
         if lost:
             raise lost
@@ -319,8 +339,11 @@ class _Run:
                 reasons.append(reason)
 
         full = self._full()
-        check("complete", not self.interrupted and len(self.records) == len(self.batches),
-              f"interrupted after {len(self.records)} of {len(self.batches)} batches")
+        timed_all = len(self.records) == len(self.batches)
+        check("complete", not self.interrupted and timed_all,
+              f"interrupted after {len(self.records)} of {len(self.batches)} batches" if not timed_all else
+              "interrupted (Ctrl-C) after the last batch" + (": FLOPs not counted" if self.config.get("count_flops")
+                                                              and self.flops is None else ""))
         check("warmup", self.config.get("warmup", 0) >= 1,
               "no warm-up batch: the first timed batch includes one-off costs (allocation, kernel selection)")
         check("timed_batches", len(full) >= min_timed_batches,

@@ -17,6 +17,7 @@ from typing import Any
 from .metrics.drift import Drift
 from .metrics.latency import Stats
 from .metrics.memory import MemoryResult
+from .outputs import write_atomic
 
 
 @dataclass
@@ -131,10 +132,7 @@ class MeasureResult:
         """The result as JSON text; also written to ``path`` (atomically: a crash never leaves half a file)."""
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
         if path is not None:
-            tmp = f"{os.fspath(path)}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-            os.replace(tmp, path)
+            write_atomic(path, text + "\n")
         return text
 
     @classmethod

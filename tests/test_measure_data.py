@@ -5,7 +5,7 @@ import json
 import pytest
 
 from llava_accel.errors import DatasetError
-from llava_accel.tasks import synthetic_samples
+from llava_accel.tasks import load_task, synthetic_samples
 from llava_accel.tasks.folder import load_folder
 
 
@@ -25,7 +25,7 @@ def test_loads_samples_and_counts_bad_images(tmp_path):
         {"image": "img/missing.png", "prompt": "p", "references": []},
         "\n",  # blank lines are ignored
         {"image": "img/corrupt.png", "prompt": "p", "references": []},
-        {"image": str(tmp_path / "img" / "1.png"), "prompt": "Speed only.", "references": []},
+        {"image": "img/../img/1.png", "prompt": "Speed only.", "references": []},  # '..' that stays inside
     ])
     data = load_folder(tmp_path)
     assert [s.id for s in data] == ["first", f"{tmp_path.name}/3"]
@@ -47,6 +47,22 @@ def test_bad_lines_are_one_line_errors(tmp_path, rows, message):
     with pytest.raises(DatasetError, match=message.replace("(", r"\(")) as err:
         load_folder(tmp_path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("image", ["ABSOLUTE", "../outside.png", "img/../../outside.png", "../data/img/0.png"])
+def test_image_paths_stay_inside_the_folder(tmp_path, image):
+    """The rule (docs/tasks.md): relative to the folder and inside it, so a data folder means the same samples
+    wherever it is copied; the image exists in every case, so only the rule can refuse it."""
+    data = tmp_path / "data"
+    _write(data, [])
+    synthetic_samples("synthetic-coco", 1)[0].image.save(tmp_path / "outside.png")
+    image = str(tmp_path / "outside.png") if image == "ABSOLUTE" else image
+    row = {"prompt": "p", "references": [], "question": "q", "answers": ["a"]}  # --data's fields and textvqa's
+    _write(data, [{"image": "img/0.png", **row}, {"image": image, **row}])
+    for load in (lambda: load_folder(data), lambda: load_task("textvqa", source=data)):
+        with pytest.raises(DatasetError, match=r"samples.jsonl:2: image path .* must be relative to") as err:
+            load()
+        assert "\n" not in str(err.value)
 
 
 def test_missing_file_names_it(tmp_path):

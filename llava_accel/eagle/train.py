@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..outputs import check_folder, save
 from ..tasks import SYNTHETIC_TASKS, load_task
 from ..lean.prefill import run_target
 from .head import EagleHead, HeadConfig, fingerprint, new_head, save_head, target_name
@@ -129,6 +130,7 @@ def train_head(model: str | None, out_dir: str | Path, config: TrainConfig | Non
     from ..registry import load_backend
 
     config = config or TrainConfig()
+    check_folder(out_dir, "head folder")  # a bad output path fails before the work, not after it
     t0 = time.perf_counter()
     samples = [s for task in config.tasks  # bad task names fail before the model loads
                for s in load_task(task, config.split, config.samples_per_task, config.source, config.data_seed)]
@@ -171,5 +173,5 @@ def train_head(model: str | None, out_dir: str | Path, config: TrainConfig | Non
     head_config = HeadConfig(target=target_name(backend.loaded.model_id), fingerprint=fingerprint(backend.model.lm_head),
                              hidden_size=text.hidden_size, vocab_size=text.vocab_size,
                              training={**asdict(config), **asdict(result), "weights": backend.loaded.weights})
-    save_head(head.eval(), head_config, out_dir)
+    result.out_dir = str(save(lambda p: save_head(head.eval(), head_config, p), Path(out_dir), "the EAGLE head"))
     return result

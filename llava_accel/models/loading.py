@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import LlavaAccelError, ModelNotFoundError
+from ..outputs import check_folder
 
 DEFAULT_MODEL = str(Path(__file__).parent / "default")
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
@@ -99,6 +100,8 @@ def load_model(model: str | None, device: torch.device, dtype: torch.dtype, atte
     if device_map is None:
         placement: dict[str, Any] = {"device_map": {"": str(device)} if device.type == "cuda" else None}
     elif device_map in DEVICE_MAPS:
+        if offload_folder is not None:
+            check_folder(offload_folder, "offload folder")
         placement = {"device_map": device_map, "max_memory": _own_max_memory(max_memory),
                      "offload_folder": offload_folder}
     else:

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..outputs import check_folder
 from ..result import _si
 from . import plots
 from .pareto import COSTS, by_task, pareto_front, recommend
@@ -138,8 +139,8 @@ def _weights_warning(rows: Sequence[Row], res: Results) -> str:
 def write_report(paths: Sequence[str | Path], out_dir: str | Path, latency_budget: float | None = None,
                  energy_budget: float | None = None) -> Path:
     """Write ``out_dir/report.md`` and ``out_dir/plots/*.png`` from results files; returns the report's path."""
+    out = check_folder(out_dir, "report folder")  # before reading: a bad path fails in one line, not after the plots
     res = load_results(list(paths))
-    out = Path(out_dir)
     plot_dir = out / "plots"
     rows = res.rows
     machines = sorted({r.machine for r in rows if r.machine} | {p.machine for p in res.profiles})

@@ -51,23 +51,26 @@ def read_records(path: str | Path) -> tuple[list[dict[str, Any]], int]:
 
 
 class ResultStore:
-    """Append-only results file with crash-safe appends and a torn-last-line check on open."""
+    """Append-only results file with crash-safe appends and a torn-last-line check on open. ``read_only``: only read
+    (a dry run): a torn last line is counted in ``dropped_bytes`` but not cut, a missing file not created."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
         self.dropped_bytes = 0
         self.records: list[dict[str, Any]] = []
         if self.path.exists():
             self.records, good_end = read_records(self.path)
             size = self.path.stat().st_size
-            if good_end < size:  # cut the torn line so that the next append starts on a line of its own
+            if read_only:
+                self.dropped_bytes = size - good_end
+            elif good_end < size:  # cut the torn line so that the next append starts on a line of its own
                 self.dropped_bytes = size - good_end
                 with open(self.path, "r+b") as f:
                     f.truncate(good_end)
                     os.fsync(f.fileno())
             elif size and not self.path.read_bytes().endswith(b"\n"):  # a complete last line written by hand
                 self._write(b"\n")
-        else:
+        elif not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.touch()
             _fsync_dir(self.path.parent)

@@ -9,6 +9,7 @@ tried.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import platform
 import shutil
@@ -21,6 +22,8 @@ from typing import Any, Callable
 
 from ..distributed import data_parallel, is_main_process, step
 from ..errors import BackendUnavailableError, LlavaAccelError
+from ..outputs import OutputPathError, check_folder, save
+from .lock import FolderLock
 from .spec import Point, ProfilePoint, SpecError, SweepSpec
 from .store import OK, ResultStore
 
@@ -105,32 +108,57 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, retry_failed: bool = False, 
               log: Callable[[str], None] = print, measure: Callable[..., dict] = measure_point,
               profile: Callable[..., dict] = profile_point, load: Callable[[Any], Any] = load_point_backend,
               samples: Callable[[str, int | None, int, str | None], list] = load_samples) -> SweepSummary:
-    """Measure every point of ``spec`` not yet in ``out_dir/results.jsonl``. The callables are seams for tests."""
+    """Measure every point of ``spec`` not yet in ``out_dir/results.jsonl``. The callables are seams for tests.
+
+    ``out_dir`` is checked before anything runs, and held by one sweep at a time (a second one refuses: see
+    ``study/lock.py``). ``dry_run`` lists the points still to run and writes nothing."""
+    out = check_folder(out_dir, "sweep folder")
     points = spec.points(_available_backends(spec))
     _check_models({p.model for p, _ in points})
-    out = Path(out_dir)
     # under `accelerate launch` every process measures each point data parallel; the main one keeps the file
     dp, main = data_parallel(), is_main_process()
     log = log if main else _quiet
-    store = ResultStore(out / RESULTS) if main else _Unwritten(out / RESULTS)
+    if dry_run:
+        return _dry_run(spec, points, ResultStore(out / RESULTS, read_only=True), retry_failed, log)
+    with contextlib.ExitStack() as stack:
+        with step("opening the sweep folder"):  # a sweep already writing there fails every process now
+            if main:
+                stack.enter_context(FolderLock(out))
+            store = ResultStore(out / RESULTS) if main else _Unwritten(out / RESULTS)
+        if main:
+            _keep_spec(spec, out)
+        return _run(spec, points, store, retry_failed, dp, log, measure, profile, load, samples)
+
+
+def _plan(spec: SweepSpec, points: list, store: Any, retry_failed: bool,
+          log: Callable[[str], None]) -> tuple[list, SweepSummary]:
+    """The points still to run and the summary so far, said in one line."""
     if store.dropped_bytes:
         log(f"dropped a torn last line ({store.dropped_bytes} bytes) left by an interrupted run; that point runs again")
-    if main:
-        _keep_spec(spec, out)
     done = store.latest()
     todo = [(p, g) for p, g in points if p.key not in done or (retry_failed and done[p.key].get("status") != OK)]
-    if dp:  # the main process's plan, from its results file: every process runs the same points in the same order
-        todo = dp.exchange(todo, "planning the sweep")[0]
     summary = SweepSummary(total=len(points), skipped=len(points) - len(todo), results=str(store.path))
     failed_before = sum(1 for p, _ in points if p.key in done and done[p.key].get("status") != OK)
     log(f"sweep '{spec.name}': {len(points)} points, {summary.skipped} already in {store.path}, {len(todo)} to run"
         + (f" ({failed_before} failed before; --retry-failed runs them again)" if failed_before and not retry_failed
            else ""))
-    if dry_run:
-        for p, grids in todo:
-            log(f"  {p.label()}  [{', '.join(grids)}]")
-        return summary
+    return todo, summary
 
+
+def _dry_run(spec: SweepSpec, points: list, store: ResultStore, retry_failed: bool,
+             log: Callable[[str], None]) -> SweepSummary:
+    todo, summary = _plan(spec, points, store, retry_failed, log)
+    for p, grids in todo:
+        log(f"  {p.label()}  [{', '.join(grids)}]")
+    return summary
+
+
+def _run(spec: SweepSpec, points: list, store: Any, retry_failed: bool, dp: Any, log: Callable[[str], None],
+         measure: Callable, profile: Callable, load: Callable, samples: Callable) -> SweepSummary:
+    todo, summary = _plan(spec, points, store, retry_failed, log)
+    if dp:  # the main process's plan, from its results file: every process runs the same points in the same order
+        todo = dp.exchange(todo, "planning the sweep")[0]
+        summary.skipped = len(points) - len(todo)
     loaded = _Loaded(load)
     data: dict[tuple, Any] = {}
     oom_at: dict[tuple, int] = {}
@@ -142,7 +170,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, retry_failed: bool = False, 
             record = _run_point(point, loaded, data, oom_at, measure, profile, samples)
             record.update(grids=grids, grid_order=spec.grid_names(), sweep=spec.name,
                           elapsed_s=round(time.monotonic() - t0, 3))
-            store.append(record)
+            _append(store, record, point)
             summary.ran += 1
             summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
             eta = (time.monotonic() - started) / (i + 1) * (len(todo) - i - 1)
@@ -156,6 +184,20 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, retry_failed: bool = False, 
     finally:
         loaded.release()
     return summary
+
+
+def _append(store: Any, record: dict[str, Any], point: Point | ProfilePoint) -> None:
+    """Append the point's line; when the results file cannot take it (disk full, folder removed), the line is saved
+    elsewhere and the sweep stops: the points after it would be lost the same way."""
+    try:
+        store.append(record)
+    except OSError as exc:
+        saved = save(lambda p: ResultStore(p).append(record), store.path, f"the result of {point.label()}")
+        if saved != store.path:
+            raise OutputPathError(f"cannot append to {store.path} ({exc.strerror or type(exc).__name__}); the "
+                                  f"finished point is in {saved}: fix that, append it (cat {saved} >> {store.path}) "
+                                  "and rerun the same command to continue") from None
+        store.records.append(record)
 
 
 def _run_point(point: Point | ProfilePoint, loaded: _Loaded, data: dict, oom_at: dict[tuple, int],

@@ -1,6 +1,7 @@
 """Any local data as samples: ``DIR/samples.jsonl``, one JSON object per line, and the images beside it.
 
-Each line: ``image`` (a path relative to DIR, or absolute), ``prompt``, ``references`` (a list of strings; may be
+Each line: ``image`` (a path relative to DIR and inside it: no absolute path, no ``..`` out of DIR, so the folder
+is self-contained and can be moved or copied whole), ``prompt``, ``references`` (a list of strings; may be
 empty when only speed is measured) and optionally ``id``. A missing file or field is a one-line ``DatasetError``
 naming it; a missing or unreadable image skips its line and is recorded in ``SampleSet.skipped``.
 """
@@ -40,7 +41,7 @@ def load_folder(path: str | os.PathLike, limit: int | None = None) -> SampleSet:
             raise DatasetError(f"{where}: 'prompt' and 'image' must be strings")
         sample_id = str(row.get("id", f"{jsonl.parent.name}/{index}"))
         try:
-            image = open_image(row["image"], jsonl.parent)
+            image = open_image(row["image"], jsonl.parent, where)
         except (ImageError, Image.DecompressionBombError) as exc:
             skipped.append((sample_id, str(exc)))
             continue

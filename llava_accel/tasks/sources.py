@@ -4,7 +4,7 @@
   here, and without network we go straight to the cache, so an offline miss is one line at once, not 30 s of retries.
 - a folder written by ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``; the split picks from the latter).
 - a plain folder: ``samples.jsonl`` (one JSON object per row, with the hub dataset's column names) and the images,
-  the image column holding a path relative to the folder.
+  the image column holding a path relative to the folder and inside it (``folder_image_path``).
 Every layout goes through the same column mapping (``TaskSpec.columns``). Images are decoded while loading (memory:
 about 3 bytes per pixel and sample; use ``limit``); a missing or unreadable image skips its row and is recorded in
 ``SampleSet.skipped``. A missing source or column is a one-line ``DatasetError``.
@@ -31,8 +31,9 @@ SAMPLES_FILE = "samples.jsonl"
 SAVE_TO_DISK_MARKERS = ("dataset_dict.json", "state.json")
 
 
-def open_image(value: Any, folder: Path | None = None) -> Image.Image:
-    """An RGB image, fully decoded, from a PIL image, ``{"bytes", "path"}`` (datasets) or a path; else ImageError."""
+def open_image(value: Any, folder: Path | None = None, where: str = "") -> Image.Image:
+    """An RGB image, fully decoded, from a PIL image, ``{"bytes", "path"}`` (datasets) or a path; else ImageError.
+    ``folder``: the plain data folder the path is relative to (see ``folder_image_path``; ``where``: its row)."""
     if isinstance(value, dict):
         if value.get("bytes"):
             try:
@@ -41,11 +42,23 @@ def open_image(value: Any, folder: Path | None = None) -> Image.Image:
             except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
                 raise ImageError(f"cannot decode image: {exc.__class__.__name__}") from None
         value = value.get("path")
-    if isinstance(value, (str, os.PathLike)) and folder is not None and not Path(value).is_absolute():
-        value = folder / value
+    if isinstance(value, (str, os.PathLike)) and folder is not None:
+        value = folder_image_path(folder, value, where)
     if isinstance(value, (Image.Image, str, os.PathLike)):
         return load_image(value)
     raise ImageError("no image in this row")
+
+
+def folder_image_path(folder: Path, value: str | os.PathLike, where: str) -> Path:
+    """An image path of a plain data folder (samples.jsonl): relative to the folder and inside it, so that the folder
+    is self-contained: moved, copied to another machine or shared, it means the same samples. An absolute path or one
+    that climbs out with '..' is a ``DatasetError`` (a symbolic link inside the folder is followed: linking is
+    explicit)."""
+    path = Path(value)
+    if path.is_absolute() or path.drive or os.path.normpath(path).split(os.sep)[0] == os.pardir:
+        raise DatasetError(f"{where}: image path '{value}' must be relative to {folder} and stay inside it (no "
+                           "absolute path, no '..' out of it); copy or link the image into the folder")
+    return folder / path
 
 
 def _import_datasets():
@@ -183,7 +196,7 @@ def load_samples(spec: TaskSpec, split: str | None = None, limit: int | None = N
         except (TypeError, ValueError) as exc:
             raise DatasetError(f"{where}: malformed field ({exc})") from None
         try:
-            image = open_image(image_value, folder)
+            image = open_image(image_value, folder, where)
         except (ImageError, Image.DecompressionBombError) as exc:
             skipped.append((sample_id, str(exc)))
             continue
