@@ -60,8 +60,9 @@ def check_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
 
 
 def _file_above(path: Path) -> Path | None:
-    """The nearest existing ancestor of ``path`` when it is not a folder (a path under a file), else None."""
-    for parent in path.parents:
+    """The nearest existing one of ``path`` and its ancestors when it is not a folder (a path under a file), else
+    None."""
+    for parent in (path, *path.parents):
         if parent.exists():
             return None if parent.is_dir() else parent
     return None

@@ -1,6 +1,12 @@
 """``llava-accel measure`` and ``llava-accel flops`` from the command line."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +49,63 @@ def test_flops_unknown_model_is_one_line(capsys):
     assert main(["flops", "--model", "./no-such-model"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("llava-accel: error: ") and err.count("\n") == 1
+
+
+# Ctrl-C after the last timed batch: the CLI on a fake backend, in a process of its own, held at one phase of the
+# end of the run (the FLOP pass, or building the result) until the test has sent SIGINT.
+CTRL_C_RUN = """
+import sys, time
+from pathlib import Path
+import llava_accel.registry
+from llava_accel.cli import main
+from tests.test_measure import SleepingBackend
+
+phase, flag = sys.argv[1], Path(sys.argv[2])
+
+def wait_for_ctrl_c(*args, **kwargs):
+    flag.touch()
+    sent = flag.with_name("sent")
+    for _ in range(1200):  # the FLOP pass is stopped here by SIGINT; building the result goes on once it was sent
+        if sent.exists():
+            break
+        time.sleep(0.05)
+    return original(*args, **kwargs)
+
+module = sys.modules["llava_accel.measure"]  # llava_accel.measure is the function
+target = {"flops": module._Run, "result": module.environment}[phase]
+name = {"flops": "count_flops", "result": "collect"}[phase]
+original = getattr(target, name)
+setattr(target, name, wait_for_ctrl_c)
+llava_accel.registry.load_backend = lambda *a, **k: SleepingBackend(prefill_s=0, step_s=0, slow_calls=0)
+sys.exit(main(["measure", "--task", "synthetic-coco", "--limit", "3", "--warmup", "0", "--max-new-tokens", "2",
+               "--json", sys.argv[3]] + sys.argv[4:]))
+"""
+
+
+@pytest.mark.parametrize("phase, extra, reason", [
+    ("flops", [], "interrupted (Ctrl-C) after the last batch: FLOPs not counted"),
+    ("result", ["--no-flops"], "interrupted (Ctrl-C) after the last batch"),
+])
+def test_ctrl_c_after_the_last_batch_keeps_the_result(tmp_path, phase, extra, reason):
+    root = Path(__file__).parents[1]
+    script, flag, out = tmp_path / "run.py", tmp_path / "reached", tmp_path / "m.json"
+    script.write_text(CTRL_C_RUN)
+    proc = subprocess.Popen([sys.executable, str(script), phase, str(flag), str(out), *extra], cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never reached the end of its timed batches"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        flag.with_name("sent").touch()
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "verdict" in stdout and f"NOT VALID: {reason}" in stdout  # the table, marked partial
+    data = json.loads(out.read_text())
+    assert len(data["predictions"]) == 3 and data["validity"]["checks"]["complete"] is False
+    assert data["validity"]["reasons"][0] == reason and f"wrote {out}" in stderr

@@ -6,6 +6,7 @@ and fast; tests/test_sweep_tiny.py runs the real thing end to end on the tiny mo
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from llava_accel.cli import main
+from llava_accel.outputs import OutputPathError
 from llava_accel.study import ResultStore, SpecError, load_spec, parse_spec, read_records
+from llava_accel.study.lock import SweepLockedError
 from llava_accel.study.store import ResultsFileError
 from llava_accel.study.sweep import OOM, run_sweep
 
@@ -301,3 +304,67 @@ def test_dry_run_lists_points_without_running(tmp_path):
     fake = FakeMeasure()
     summary, logs = sweep(load_spec(write(tmp_path, SPEC)), tmp_path / "out", measure=fake, dry_run=True)
     assert summary.ran == 0 and fake.ran == [] and sum("synthetic-textvqa" in line for line in logs) == 5
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    spec = load_spec(write(tmp_path, SPEC))
+    sweep(spec, tmp_path / "new", dry_run=True)
+    assert not (tmp_path / "new").exists()  # no folder, no spec.toml, no results.jsonl, no lock
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "results.jsonl").write_bytes(b'{"key": "a", "status": "ok"}\n{"key": "b", "sta')  # a torn last line
+    summary, logs = sweep(spec, out, dry_run=True)
+    assert (out / "results.jsonl").read_bytes().endswith(b'"sta') and sorted(os.listdir(out)) == ["results.jsonl"]
+    assert summary.total == 5 and any("torn last line" in line for line in logs)
+
+
+def test_two_sweeps_on_one_folder_the_second_refuses_in_one_line(tmp_path):
+    """A sweep holds its folder (flock on DIR/sweep.lock): a second one refuses at once, before any point; a dry run
+    still lists; the kernel drops the lock when the holder dies (even by SIGKILL), so the folder is usable again."""
+    spec_path = write(tmp_path, SPEC)
+    script = write(tmp_path, KILLED_RUN, "killed_run.py")
+    out, flag = tmp_path / "out", tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, str(script), str(spec_path), str(out), "1", str(flag)],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists():
+            assert proc.poll() is None, "the first sweep ended before its first point"
+            assert time.monotonic() < deadline, "the first sweep never reached its first point"
+            time.sleep(0.05)
+        fake = FakeMeasure()
+        with pytest.raises(SweepLockedError, match=f"another sweep is writing to {out} \\(pid {proc.pid} ") as err:
+            sweep(load_spec(spec_path), out, measure=fake)
+        assert fake.ran == [] and "\n" not in str(err.value)
+        spec_copy = (out / "spec.toml").read_bytes()
+        summary, _ = sweep(load_spec(spec_path), out, dry_run=True)
+        assert summary.skipped == 0 and (out / "spec.toml").read_bytes() == spec_copy
+        result = subprocess.run([sys.executable, "-m", "llava_accel", "sweep", str(spec_path), "--out", str(out)],
+                                capture_output=True, text=True, env={**os.environ,
+                                                                     "PYTHONPATH": str(Path(__file__).parents[1])})
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "another sweep is writing to" in result.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+    summary, _ = sweep(load_spec(spec_path), out)  # the holder is gone: the lock with it
+    keys = [r["key"] for r in read_records(out / "results.jsonl")[0]]
+    assert summary.ran == 5 and len(keys) == len(set(keys)) == 5
+
+
+def test_a_line_that_cannot_be_written_is_saved_elsewhere(tmp_path, capsys):
+    """The results folder replaced by a file in the middle of a sweep: the finished point is saved to a temporary
+    file (stderr and the error say where) and the sweep stops with a one-line error."""
+    out = tmp_path / "out"
+
+    def measure(backend, point, samples):
+        shutil.rmtree(out)
+        out.write_text("not a folder any more")
+        return {"n_samples": len(samples)}
+
+    with pytest.raises(OutputPathError, match="the finished point is in ") as err:
+        sweep(load_spec(write(tmp_path, SPEC)), out, measure=measure)
+    saved = Path(str(err.value).split("the finished point is in ")[1].split(":")[0])
+    (record,) = read_records(saved)[0]
+    assert record["result"] == {"n_samples": 2} and "\n" not in str(err.value)
+    assert f"saved it to {saved} instead" in capsys.readouterr().err
