@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .distributed import is_main_process, process_tag
 from .errors import LlavaAccelError
+
+if TYPE_CHECKING:  # imported where used: `llava-accel backends` should not pay for torch
+    from .outputs import OutputFile
+    from .result import MeasureResult
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -164,7 +168,15 @@ def cmd_measure(args: argparse.Namespace) -> int:
         same = {**{k: v for k, v in options.items() if k not in ("quantize", "quantize_vision")},
                 "dtype": backend.dtype}
         reference = run(load_backend(args.backend, model=args.model, **same), count_flops=False)
-    result = run(backend, count_flops=not args.no_flops, checkpoint=json_file, reference=reference)
+        if not reference.validity.checks.get("complete", True):  # Ctrl-C while measuring it: keep it, stop there
+            if json_file:
+                json_file.write_text(reference.to_json())
+            return _show(reference, json_file)
+    return _show(run(backend, count_flops=not args.no_flops, checkpoint=json_file, reference=reference), json_file)
+
+
+def _show(result: MeasureResult, json_file: OutputFile | None) -> int:
+    """Print a measurement (and where its JSON went); exit code 130 for one cut short by Ctrl-C."""
     if is_main_process():  # under `accelerate launch` every process holds the same result: one prints it
         print(result)
         if json_file:

@@ -109,3 +109,17 @@ def test_ctrl_c_after_the_last_batch_keeps_the_result(tmp_path, phase, extra, re
     data = json.loads(out.read_text())
     assert len(data["predictions"]) == 3 and data["validity"]["checks"]["complete"] is False
     assert data["validity"]["reasons"][0] == reason and f"wrote {out}" in stderr
+
+
+def test_ctrl_c_while_measuring_the_unquantised_reference_keeps_it_and_stops(tmp_path, capsys, monkeypatch):
+    from tests.test_measure import SleepingBackend
+
+    quantised = SleepingBackend(prefill_s=0, step_s=0, slow_calls=0)
+    reference = SleepingBackend(prefill_s=0, step_s=0, slow_calls=0, fail_at=3, fail_with=KeyboardInterrupt())
+    backends = iter([quantised, reference])
+    monkeypatch.setattr("llava_accel.registry.load_backend", lambda *a, **k: next(backends))
+    out = tmp_path / "m.json"
+    assert main(["measure", "--task", "synthetic-coco", "--limit", "4", "--warmup", "1", "--max-new-tokens", "2",
+                 "--quantize", "int8", "--json", str(out)]) == 130
+    assert "interrupted after 1 of 4 batches" in capsys.readouterr().out and quantised.calls == 0
+    assert len(json.loads(out.read_text())["predictions"]) == 1

@@ -86,6 +86,16 @@ def test_bad_output_path_from_the_command_line(tmp_path, command, kind):
     _nothing_written(tmp_path, path)
 
 
+@pytest.mark.parametrize("kind", FILE_CASES)
+def test_measure_api_checks_its_checkpoint_before_the_first_batch(tmp_path, kind):
+    (tmp_path / "blocker").write_text("a file")
+    relative, message = FILE_CASES[kind]
+    backend = SleepingBackend()
+    with pytest.raises(OutputPathError, match=message) as err:
+        measure(backend, synthetic_samples("synthetic-coco", 2), checkpoint=tmp_path / relative)
+    assert backend.calls == 0 and "\n" not in str(err.value)
+
+
 def test_offload_folder_is_checked_before_the_model_loads(tmp_path):
     from llava_accel.models.loading import load_model
 
