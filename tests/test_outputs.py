@@ -43,6 +43,12 @@ COMMANDS = {
 CASES = [(command, kind) for command, (_, kinds) in COMMANDS.items() for kind in kinds]
 
 
+@pytest.fixture(autouse=True)
+def _private_temp(tmp_path_factory, monkeypatch):
+    """Fallback files go to a temporary folder of this test run, not the machine's /tmp."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path_factory.mktemp("fallback")))
+
+
 def _setup(tmp_path, command, kind):
     (tmp_path / "blocker").write_text("a file")
     (tmp_path / "spec.toml").write_text(SPEC)

@@ -352,10 +352,11 @@ def test_two_sweeps_on_one_folder_the_second_refuses_in_one_line(tmp_path):
     assert summary.ran == 5 and len(keys) == len(set(keys)) == 5
 
 
-def test_a_line_that_cannot_be_written_is_saved_elsewhere(tmp_path, capsys):
+def test_a_line_that_cannot_be_written_is_saved_elsewhere(tmp_path, capsys, monkeypatch):
     """The results folder replaced by a file in the middle of a sweep: the finished point is saved to a temporary
     file (stderr and the error say where) and the sweep stops with a one-line error."""
     out = tmp_path / "out"
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the fallback folder
 
     def measure(backend, point, samples):
         shutil.rmtree(out)
