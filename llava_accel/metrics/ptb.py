@@ -34,15 +34,16 @@ PTB_TOKENIZERS = (PTB_PYTHON, PTB_JAVA)
 _LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\x0b\x0c\u2028\u2029"})
 
 
-def _filter(tokens) -> str:
-    """pycocoevalcap's step after the tokenizer: the tokens joined by spaces, punctuation tokens dropped."""
-    return " ".join(t for t in tokens if t not in PTB_PUNCTUATION)
+def _filter(line: str) -> str:
+    """pycocoevalcap's step after the tokenizer on one output line (tokens joined by spaces): trailing white space
+    stripped (Python's idea of it, which includes U+3000 at the end of a token), punctuation tokens dropped."""
+    return " ".join(t for t in line.rstrip().split(" ") if t not in PTB_PUNCTUATION)
 
 
 def python_ptb_tokenize(texts: Sequence[str]) -> list[str]:
     """``python``: the captions through ``ptb_lexer`` (the Java lexer's rules in Python), read as one text with one
     caption per line like the jar reads them, then pycocoevalcap's filter."""
-    return [_filter(tokens) for tokens in lex_lines([t.translate(_LINE_BREAKS) for t in texts])]
+    return [_filter(" ".join(tokens)) for tokens in lex_lines([t.translate(_LINE_BREAKS) for t in texts])]
 
 
 def ptb_tokenize(text: str) -> str:
@@ -67,7 +68,7 @@ def java_ptb_tokenize(texts: Sequence[str]) -> list[str]:
         detail = run.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
         raise MetricUnavailableError(f"the Java PTB tokenizer failed ({len(lines)} lines for {len(texts)} captions): "
                                      f"{detail[0]}")
-    return [_filter(line.rstrip().split(" ")) for line in lines]
+    return [_filter(line) for line in lines]
 
 
 def check_ptb_tokenizer(tokenizer: str) -> None:
