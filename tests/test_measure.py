@@ -228,3 +228,24 @@ def test_bad_arguments():
         measure(SleepingBackend(), la.SampleSet([], [("x/0", "image not found: x.png")]))
     with pytest.raises(TypeError, match="llava_accel.Sample"):
         measure(SleepingBackend(), ["not a sample"])
+
+
+def test_caption_scoring_is_recorded_and_checked_first(monkeypatch, capsys):
+    from llava_accel.cli import main
+    from llava_accel.errors import MetricUnavailableError, OptionError
+    from llava_accel.metrics import java as java_tools
+
+    samples = synthetic_samples("synthetic-coco", 2)
+    backend = SleepingBackend(prefill_s=0, step_s=0, slow_calls=0, text="a red circle")
+    m = measure(backend, samples, warmup=0, count_flops=False, max_new_tokens=1)
+    assert m.config["caption_scoring"] == {"ptb_tokenizer": "python",
+                                           "meteor": "absent: not computed for synthetic tasks (speed runs)"}
+    assert {"bleu_1", "bleu_4", "rouge_l", "cider"} <= set(m.native) and "meteor" not in m.native
+    with pytest.raises(OptionError):
+        measure(backend, samples, ptb_tokenizer="spacy")
+    monkeypatch.setattr(java_tools.shutil, "which", lambda name: None)  # no Java here
+    with pytest.raises(MetricUnavailableError, match="needs a Java runtime"):
+        measure(backend, samples, ptb_tokenizer="java")
+    rc = main(["measure", "--backend", "cpu", "--task", "synthetic-coco", "--limit", "1", "--ptb-tokenizer", "java"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("llava-accel: error: the Java PTB tokenizer needs") and "\n" not in err
