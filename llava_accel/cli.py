@@ -185,8 +185,8 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
                    help="max text tokens per prompt; longer prompts lose context, then question tail (default: no cut, "
                         "as lmms-eval; docs/tasks.md)")
     p.add_argument("--ptb-tokenizer", choices=PTB_TOKENIZERS, default=PTB_PYTHON,
-                   help="caption tokenizer for the COCO metrics: 'python' (default) or 'java' (pycocoevalcap's own jar; "
-                        "needs pycocoevalcap and Java)")
+                   help="caption tokenizer for the COCO metrics: 'python' (default) or 'java' (pycocoevalcap's own "
+                        "jar; needs pycocoevalcap and Java)")
     p.add_argument("--img-size", type=int, default=None, help="image side in pixels (default: the model's own)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: the task's, else 32)")
     p.add_argument("--fixed-new-tokens", action="store_true",

@@ -104,7 +104,8 @@ def test_caption_scores_without_meteor(monkeypatch):
 
 
 def test_caption_metric_keys_and_what_scored_them(monkeypatch):
-    samples = [Sample(None, "p", ["a dog on a mat"], task="synthetic-coco"), Sample(None, "p", [], task="synthetic-coco")]
+    samples = [Sample(None, "p", ["a dog on a mat"], task="synthetic-coco"),
+               Sample(None, "p", [], task="synthetic-coco")]
     scores = caption_metric(samples, ["a dog on a mat", "x"], meteor=False)
     assert set(scores) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider"}
     assert scores["bleu_1"] == pytest.approx(1.0) and scores["rouge_l"] == 1.0

@@ -1,10 +1,11 @@
 """CIDEr-D for captions, as pycocoevalcap (used by lmms-eval's ``coco2017_cap_val``) computes it, without Java.
 
-pycocoevalcap tokenizes every caption (``llava_accel.metrics.ptb``), then scores with CIDEr-D (Vedantam et al., CVPR 2015): n-grams n=1..4 weighted by TF-IDF, where
-the document frequency of an n-gram is the number of *samples in the evaluated set* whose references contain it and
-IDF = log(#samples) - log(max(1, df)); per n, the clipped cosine similarity between candidate and each reference,
-times a Gaussian length penalty exp(-delta^2 / (2 * 6^2)); averaged over n and references, times 10. The length
-delta counts bigrams (words - 1), as pycocoevalcap does. The score is corpus-level: it changes with the sample set.
+pycocoevalcap tokenizes every caption (``llava_accel.metrics.ptb``), then scores with CIDEr-D (Vedantam et al.,
+CVPR 2015): n-grams n=1..4 weighted by TF-IDF, where the document frequency of an n-gram is the number of *samples
+in the evaluated set* whose references contain it and IDF = log(#samples) - log(max(1, df)); per n, the clipped
+cosine similarity between candidate and each reference, times a Gaussian length penalty exp(-delta^2 / (2 * 6^2));
+averaged over n and references, times 10. The length delta counts bigrams (words - 1), as pycocoevalcap does. The
+score is corpus-level: it changes with the sample set.
 """
 
 from __future__ import annotations

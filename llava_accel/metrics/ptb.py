@@ -81,7 +81,7 @@ def check_ptb_tokenizer(tokenizer: str) -> None:
 
 
 def tokenize_captions(texts: Sequence[str], tokenizer: str = PTB_PYTHON) -> list[str]:
-    """Every caption as pycocoevalcap scores it, with ``tokenizer`` (``ptb-python`` or ``ptb-java``)."""
+    """Every caption as pycocoevalcap scores it, with ``tokenizer`` (``python`` or ``java``)."""
     check_ptb_tokenizer(tokenizer)
     return (java_ptb_tokenize if tokenizer == PTB_JAVA else python_ptb_tokenize)(texts)
 

@@ -1,4 +1,4 @@
-"""``ptb-python``: Stanford CoreNLP 3.4.1's PTBLexer (the tokenizer inside pycocoevalcap 1.2) re-implemented in Python.
+"""The ``python`` PTB tokenizer: Stanford CoreNLP 3.4.1's PTBLexer (inside pycocoevalcap 1.2) re-implemented in Python.
 
 The Java lexer is a JFlex scanner: at each position every rule is tried, the longest match wins (a rule's trailing
 context ``r1/r2`` counts in its length, then ``r2`` is given back), a tie goes to the earlier rule, and the rule's
@@ -88,7 +88,14 @@ _macro("FRAC2", r"[\u00BC\u00BD\u00BE\u2153-\u215E]")
 _macro("DOLSIGN", r"[A-Z]*\$|#")
 _macro("DOLSIGN2", r"[\u00A2\u00A3\u00A4\u00A5\u0080\u20A0\u20AC\u060B\u0E3F\u20A4\uFFE0\uFFE1\uFFE5\uFFE6]")
 # [:letter:] plus marks and modifiers the lexer counts as letters
-_macro("LETTER", r"\p{{L}}|{SPLET}|[\u00AD\u0237-\u024F\u02C2-\u02C5\u02D2-\u02DF\u02E5-\u02FF\u0300-\u036F\u0370-\u037D\u0384\u0385\u03CF\u03F6\u03FC-\u03FF\u0483-\u0487\u04CF\u04F6-\u04FF\u0510-\u0525\u055A-\u055F\u0591-\u05BD\u05BF\u05C1\u05C2\u05C4\u05C5\u05C7\u0615-\u061A\u063B-\u063F\u064B-\u065E\u0670\u06D6-\u06EF\u06FA-\u06FF\u070F\u0711\u0730-\u074F\u0750-\u077F\u07A6-\u07B1\u07CA-\u07F5\u07FA\u0900-\u0903\u093C\u093E-\u094E\u0951-\u0955\u0962-\u0963\u0981-\u0983\u09BC-\u09C4\u09C7\u09C8\u09CB-\u09CD\u09D7\u09E2\u09E3\u0A01-\u0A03\u0A3C\u0A3E-\u0A4F\u0A81-\u0A83\u0ABC-\u0ACF\u0B82\u0BBE-\u0BC2\u0BC6-\u0BC8\u0BCA-\u0BCD\u0C01-\u0C03\u0C3E-\u0C56\u0D3E-\u0D44\u0D46-\u0D48\u0E30-\u0E3A\u0E47-\u0E4E\u0EB1-\u0EBC\u0EC8-\u0ECD]")
+_macro("LETTER", r"\p{{L}}|{SPLET}|[\u00AD\u0237-\u024F\u02C2-\u02C5\u02D2-\u02DF\u02E5-\u02FF\u0300-\u036F"
+                 r"\u0370-\u037D\u0384\u0385\u03CF\u03F6\u03FC-\u03FF\u0483-\u0487\u04CF\u04F6-\u04FF\u0510-\u0525"
+                 r"\u055A-\u055F\u0591-\u05BD\u05BF\u05C1\u05C2\u05C4\u05C5\u05C7\u0615-\u061A\u063B-\u063F"
+                 r"\u064B-\u065E\u0670\u06D6-\u06EF\u06FA-\u06FF\u070F\u0711\u0730-\u074F\u0750-\u077F\u07A6-\u07B1"
+                 r"\u07CA-\u07F5\u07FA\u0900-\u0903\u093C\u093E-\u094E\u0951-\u0955\u0962-\u0963\u0981-\u0983"
+                 r"\u09BC-\u09C4\u09C7\u09C8\u09CB-\u09CD\u09D7\u09E2\u09E3\u0A01-\u0A03\u0A3C\u0A3E-\u0A4F"
+                 r"\u0A81-\u0A83\u0ABC-\u0ACF\u0B82\u0BBE-\u0BC2\u0BC6-\u0BC8\u0BCA-\u0BCD\u0C01-\u0C03"
+                 r"\u0C3E-\u0C56\u0D3E-\u0D44\u0D46-\u0D48\u0E30-\u0E3A\u0E47-\u0E4E\u0EB1-\u0EBC\u0EC8-\u0ECD]")
 _macro("WORD", r"{LETTER}(?:{LETTER}|{DIGIT})*(?:[.!?]{LETTER}(?:{LETTER}|{DIGIT})*)*")
 _macro("FILENAME_EXT", r"bat|bmp|c|class|cgi|cpp|dll|doc|docx|exe|gif|gz|h|htm|html|jar|java|jpeg|jpg|mov|mp3|pdf|"
                        r"php|pl|png|ppt|ps|py|sql|tar|txt|wav|x|xml|zip")
@@ -113,7 +120,8 @@ _macro("APOWORD", r"{APOS}n{APOS}?|[lLdDjJ]{APOS}|Dunkin{APOS}|somethin{APOS}|ol
 _macro("APOWORD2", r"y{APOS}")
 _macro("FULLURL", r"""https?://[^ \t\n\f\r"<>|(){{}}]+[^ \t\n\f\r"<>|.!?(){{}},-]""")
 # ",-_" in the second class is a range (0x2C-0x5F: digits and capitals too), as in the lexer
-_macro("LIKELYURL", r"""(?:www\.(?:[^ \t\n\f\r"<>|.!?(){{}},]+\.)+[a-zA-Z]{{2,4}}|(?:[^ \t\n\f\r"`'<>|.!?(){{}},-_$]+\.)+"""
+_macro("LIKELYURL", r"""(?:www\.(?:[^ \t\n\f\r"<>|.!?(){{}},]+\.)+[a-zA-Z]{{2,4}}|"""
+                    r"""(?:[^ \t\n\f\r"`'<>|.!?(){{}},-_$]+\.)+"""
                     r"""(?:com|net|org|edu))(?:/[^ \t\n\f\r"<>|()]+[^ \t\n\f\r"<>|.!?(){{}},-])?""")
 _macro("EMAIL", r"""(?:&lt;|<)?[a-zA-Z0-9][^ \t\n\f\r"<>|()\u00A0{{}}]*@(?:[^ \t\n\f\r"<>|(){{}}.\u00A0]+\.)*"""
                 r"""[^ \t\n\f\r"<>|(){{}}.\u00A0]+(?:&gt;|>)?""")
@@ -135,7 +143,8 @@ _macro("ABBREV2", r"(?:{ABBREV4})\.")
 _macro("ACRONYM", r"(?:{ACRO})\.")
 _macro("ABBREV3", r"(?:ca|figs?|prop|nos?|art|bldg|prop|pp|op)\.")
 _macro("PHONE", r"(?:\([0-9]{{2,3}}\)[ \u00A0]?|(?:\+\+?)?(?:[0-9]{{2,4}}[\- \u00A0])?[0-9]{{2,4}}[\- \u00A0])"
-                r"[0-9]{{3,4}}[\- \u00A0]?[0-9]{{3,5}}|(?:(?:\+\+?)?[0-9]{{2,4}}\.)?[0-9]{{2,4}}\.[0-9]{{3,4}}\.[0-9]{{3,5}}")
+                r"[0-9]{{3,4}}[\- \u00A0]?[0-9]{{3,5}}|"
+                r"(?:(?:\+\+?)?[0-9]{{2,4}}\.)?[0-9]{{2,4}}\.[0-9]{{3,4}}\.[0-9]{{3,5}}")
 _macro("LDOTS", r"\.{{3,5}}|(?:\.[ \u00A0]){{2,4}}\.|[\u0085\u2026]")
 _macro("INSENTP", r"[,;:\u3001]")
 _macro("QUOTES", r"{APOS}|''|[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094\u201E\u201F\u2039\u203A"
@@ -147,7 +156,11 @@ _macro("TBSPEC2", r"{APOS}[0-9][0-9]")
 _macro("SMILEY", r"[<>]?[:;=][\-o*']?[()DPdpO\\{{@|\[\]]")
 _macro("ASIANSMILEY", r"[\^x=~<>]\.\[\^x=~<>\]|[\-\^x=~<>']_[\-\^x=~<>']|\([\-\^x=~<>'][_.]?[\-\^x=~<>']\)|"
                       r"\([\^x=~<>']-[\^x=~<>'`]\)")
-_macro("MISCSYMBOL", r"[+%&~\^|\\¦\u00A7¨\u00A9\u00AC\u00AE¯\u00B0-\u00B3\u00B4-\u00BA\u00D7\u00F7\u0387\u05BE\u05C0\u05C3\u05C6\u05F3\u05F4\u0600-\u0603\u0606-\u060A\u060C\u0614\u061B\u061E\u066A\u066D\u0703-\u070D\u07F6\u07F7\u07F8\u0964\u0965\u0E4F\u1FBD\u2016\u2017\u2020-\u2023\u2030-\u2038\u203B\u203E-\u2042\u2044\u207A-\u207F\u208A-\u208E\u2100-\u214F\u2190-\u21FF\u2200-\u2BFF\u3012\u30FB\uFF01-\uFF0F\uFF1A-\uFF20\uFF3B-\uFF40\uFF5B-\uFF65\uFF65]")
+_macro("MISCSYMBOL", r"[+%&~\^|\\¦\u00A7¨\u00A9\u00AC\u00AE¯\u00B0-\u00B3\u00B4-\u00BA\u00D7\u00F7\u0387\u05BE\u05C0"
+                     r"\u05C3\u05C6\u05F3\u05F4\u0600-\u0603\u0606-\u060A\u060C\u0614\u061B\u061E\u066A\u066D"
+                     r"\u0703-\u070D\u07F6\u07F7\u07F8\u0964\u0965\u0E4F\u1FBD\u2016\u2017\u2020-\u2023\u2030-\u2038"
+                     r"\u203B\u203E-\u2042\u2044\u207A-\u207F\u208A-\u208E\u2100-\u214F\u2190-\u21FF\u2200-\u2BFF\u3012"
+                     r"\u30FB\uFF01-\uFF0F\uFF1A-\uFF20\uFF3B-\uFF40\uFF5B-\uFF65\uFF65]")
 _ACRONYM_NEXT = ("[A]bout|[A]ccording|[A]dditionally|[A]fter|[A]n|[A]|[A]s|[A]t|[B]ut|[E]arlier|[H]e|[H]er|[H]ere|"
                  "[H]owever|[I]f|[I]n|[I]t|[L]ast|[M]any|[M]ore|[M]r\\.|[M]s\\.|[N]ow|[O]nce|[O]ne|[O]ther|[O]ur|"
                  "[S]he|[S]ince|[S]o|[S]ome|[S]uch|[T]hat|[T]he|[T]heir|[T]hen|[T]here|[T]hese|[T]hey|[T]his|[W]e|"
@@ -211,16 +224,15 @@ class _Rule:
     head: str  # the token's pattern
     tail: str | None  # the trailing context (matched, counted in the length, not consumed)
     action: Action
-    state: str | None = None  # None: both lexer states; pycocoevalcap's runs in "traditional"
 
     def compiled(self):
         main = regex.compile(f"(?:{self.head}){'' if self.tail is None else f'(?:{self.tail})'}", regex.POSIX)
         return main, regex.compile(self.head), None if self.tail is None else regex.compile(self.tail)
 
 
-def _rule(head: str, tail: str | None = None, action: Action = _keep, state: str | None = None) -> _Rule:
+def _rule(head: str, tail: str | None = None, action: Action = _keep) -> _Rule:
     head = _ci(head.format(**M))
-    return _Rule(head, None if tail is None else _ci(tail.format(**M)), action, state)
+    return _Rule(head, None if tail is None else _ci(tail.format(**M)), action)
 
 
 _SKIP: Action = lambda text: (None, None)  # noqa: E731
@@ -249,8 +261,8 @@ _RULES = [
     _rule(r"{DATE}"),
     _rule(r"{NUMBER}", action=lambda t: (_no_soft_hyphens(t), None)),
     _rule(r"{SUBSUPNUM}"),
-    _rule(r"{FRAC}", action=lambda t: (t.replace(" ", "\u00A0"), None), state="traditional"),
-    _rule(r"(?:{DIGIT}{{1,4}}-)?{DIGIT}{{1,4}}(?:\\?/|\u2044){DIGIT}{{1,4}}", state="strict"),
+    # the lexer's "traditional" state, the one pycocoevalcap's options select (its "strict" FRAC rule never runs)
+    _rule(r"{FRAC}", action=lambda t: (t.replace(" ", "\u00A0"), None)),
     _rule(r"{FRAC2}", action=lambda t: (t.translate(_FRACTIONS), None)),
     _rule(r"{TBSPEC}", action=lambda t: (_amp(t), None)),
     _rule(r"{THING3}"),
@@ -303,7 +315,7 @@ _RULES = [
     _rule(r"&nbsp;", action=_SKIP),
     _rule(r".", action=_SKIP),  # a character no rule knows: deleted (the lexer's default, "firstDelete")
 ]
-_COMPILED = [(rule, *rule.compiled()) for rule in _RULES if rule.state != "strict"]
+_COMPILED = [(rule, *rule.compiled()) for rule in _RULES]
 _BY_FIRST: dict[str, list] = {}
 
 
