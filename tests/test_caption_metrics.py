@@ -97,7 +97,7 @@ def test_meteor_equals_pycocoevalcap():
 def test_caption_scores_without_meteor(monkeypatch):
     monkeypatch.setattr(meteor_module, "java_jar", lambda jar: "needs a Java runtime (`java` on PATH)")
     scores = caption_scores(["A dog on a mat.", "Two cats."], [["a dog sits on a mat"], ["two cats", "cats"]])
-    assert list(scores) == ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider"]
+    assert list(scores) == ["cider", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l"]
     assert caption_scoring()["meteor"] == "absent: needs a Java runtime (`java` on PATH)"
     with pytest.raises(MetricUnavailableError, match="METEOR needs a Java runtime"):
         meteor(["a"], [["a"]])

@@ -25,14 +25,14 @@ def caption_scoring(tokenizer: str = PTB_PYTHON, meteor: bool = True) -> dict[st
 
 def caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str]], tokenizer: str = PTB_PYTHON,
                    meteor: bool = True) -> dict[str, float]:
-    """``bleu_1``..``bleu_4``, ``meteor`` (when asked and it can run), ``rouge_l``, ``cider`` of raw captions
-    (pycocoevalcap's scale: 1.0 = the "100" of papers)."""
+    """``cider`` (first: the study's plots take the first metric as the task's), ``bleu_1``..``bleu_4``, ``meteor``
+    (when asked and it can run), ``rouge_l`` of raw captions (pycocoevalcap's scale: 1.0 = the "100" of papers)."""
     cands, refs = tokenize_corpus(predictions, references, tokenizer)
-    scores = {f"bleu_{n}": value for n, value in enumerate(bleu(cands, refs), 1)}
+    scores = {"cider": cider_d(cands, refs)[0]}
+    scores.update({f"bleu_{n}": value for n, value in enumerate(bleu(cands, refs), 1)})
     if meteor and meteor_unavailable_reason() is None:
         scores["meteor"] = meteor_score(cands, refs)
     scores["rouge_l"] = rouge_l(cands, refs)[0]
-    scores["cider"] = cider_d(cands, refs)[0]
     return scores
 
 
