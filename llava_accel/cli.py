@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .distributed import is_main_process, process_tag
 from .errors import LlavaAccelError
+from .metrics.ptb import PTB_PYTHON, PTB_TOKENIZERS
 
 if TYPE_CHECKING:  # imported where used: `llava-accel backends` should not pay for torch
     from .outputs import OutputFile
@@ -145,11 +146,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     from .measure import measure
     from .outputs import OutputFile, check_file
+    from .metrics.ptb import check_ptb_tokenizer
     from .result import MeasureResult
     from .registry import load_backend
     from .tasks import load_task
     from .tasks.folder import load_folder
 
+    check_ptb_tokenizer(args.ptb_tokenizer)  # a bad tokenizer choice fails before the model loads
     # a bad output path or bad data fails before the model loads
     json_file = OutputFile(check_file(args.json, "--json")) if args.json and is_main_process() else None
     if args.data:
@@ -160,7 +163,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     run = functools.partial(measure, dataset=samples, batch_size=args.batch_size, max_input_len=args.max_input_len,
                             max_new_tokens=args.max_new_tokens, limit=args.limit, warmup=args.warmup, seed=args.seed,
                             fixed_new_tokens=args.fixed_new_tokens, img_size=args.img_size,
-                            flop_counter=args.flop_counter)
+                            flop_counter=args.flop_counter, ptb_tokenizer=args.ptb_tokenizer)
     reference = MeasureResult.from_json(args.reference) if args.reference else None
     backend = load_backend(args.backend, model=args.model, **options)
     if reference is None and options.get("quantize"):
@@ -195,8 +198,12 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default=None, help="where a named task's data is: hub id, save_to_disk folder or folder "
                                                   "with samples.jsonl (default: the task's hub id; docs/tasks.md)")
     p.add_argument("--split", default=None, help="dataset split (default: the one lmms-eval evaluates)")
-    p.add_argument("--max-input-len", type=int, default=200,
-                   help="max text tokens per prompt; longer prompts lose context, then question tail (docs/tasks.md)")
+    p.add_argument("--max-input-len", type=int, default=None,
+                   help="max text tokens per prompt; longer prompts lose context, then question tail (default: no cut, "
+                        "as lmms-eval; docs/tasks.md)")
+    p.add_argument("--ptb-tokenizer", choices=PTB_TOKENIZERS, default=PTB_PYTHON,
+                   help="caption tokenizer for the COCO metrics: 'python' (default) or 'java' (pycocoevalcap's own "
+                        "jar; needs pycocoevalcap and Java)")
     p.add_argument("--img-size", type=int, default=None, help="image side in pixels (default: the model's own)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: the task's, else 32)")
     p.add_argument("--fixed-new-tokens", action="store_true",

@@ -34,3 +34,7 @@ class DatasetError(LlavaAccelError):
 
 class PromptTooLongError(LlavaAccelError):
     """A prompt that ``max_input_len`` cannot fit without cutting its template or answer instruction."""
+
+
+class MetricUnavailableError(LlavaAccelError):
+    """A metric option that needs a package or runtime that is not here (pycocoevalcap's Java tools)."""

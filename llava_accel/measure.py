@@ -29,7 +29,9 @@ from .metrics.mfu import device_peak
 from .metrics.wer import corpus_wer
 from .outputs import OutputFile, check_file
 from .result import (BatchRecord, EnergyResult, FlopsResult, LatencyResult, MeasureResult, Prediction, Validity)
-from .tasks import TASKS, Sample, apply_stop, load_task, native_metric, task_max_new_tokens
+from .metrics.caption import caption_scoring
+from .metrics.ptb import PTB_PYTHON, check_ptb_tokenizer
+from .tasks import TASKS, Sample, load_task, native_metric, task_kind, task_max_new_tokens
 
 DEFAULT_MAX_NEW_TOKENS = 32
 MIN_TIMED_BATCHES = 5
@@ -40,17 +42,22 @@ FLOP_CONVENTION = ("FlopCounterMode, 2 FLOPs per multiply-add (matmuls, convolut
                    "on the last position only, as generate() does")
 
 
-def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, max_input_len: int = 200,
+def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, max_input_len: int | None = None,
             max_new_tokens: int | None = None, limit: int | None = None, warmup: int = 2, seed: int = 0,
             count_flops: bool = True, *, fixed_new_tokens: bool = False, img_size: int | None = None,
             flop_counter: str = "torch", idle_seconds: float = 1.0, min_timed_batches: int = MIN_TIMED_BATCHES,
             max_cv: float = MAX_CV, progress: bool | None = None,
-            checkpoint: str | os.PathLike | None = None, reference: MeasureResult | None = None) -> MeasureResult:
+            checkpoint: str | os.PathLike | None = None, reference: MeasureResult | None = None,
+            ptb_tokenizer: str = PTB_PYTHON) -> MeasureResult:
     """Measure ``backend`` on ``dataset`` (a task name or an iterable of ``Sample``).
 
     Every sample is generated once in timed batches of ``batch_size``, after ``warmup`` untimed batches (taken from
     the start of the data). ``max_new_tokens=None`` uses the task's budget (else 32); ``fixed_new_tokens=True``
     forces exactly ``max_new_tokens`` per answer (``min_new_tokens=max_new_tokens``) so that backends do equal work.
+    ``max_input_len``: a cap on each prompt's text tokens (docs/tasks.md); None (the default) cuts nothing, as
+    lmms-eval does. Each prediction records the prompt the model saw, and the original beside it when it was cut.
+    ``ptb_tokenizer``: how captions are tokenized for their metrics, "python" or "java" (pycocoevalcap's own jar;
+    needs pycocoevalcap and Java); ``config["caption_scoring"]`` records it, and METEOR's jar or why it is absent.
     ``checkpoint``: a JSON path (or an ``outputs.OutputFile``, to learn where it went) checked first, then rewritten
     every 30 s, on failure and at the end, so a long run never loses what it measured; when its place fails during
     the run, the result goes to a temporary file and stderr says where. Ctrl-C at any moment returns (and writes)
@@ -63,6 +70,7 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
         raise OptionError(f"batch_size must be >= 1, got {batch_size}")
     if flop_counter not in ("torch", "fvcore"):
         raise OptionError(f"flop_counter must be 'torch' or 'fvcore', not {flop_counter!r}")
+    check_ptb_tokenizer(ptb_tokenizer)
     if checkpoint is not None and not isinstance(checkpoint, OutputFile) and distributed.is_main_process():
         checkpoint = OutputFile(check_file(checkpoint, "checkpoint file"))  # before the data loads
     started = datetime.now(timezone.utc)
@@ -78,6 +86,8 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
         "max_new_tokens": budget, "fixed_new_tokens": fixed_new_tokens, "limit": limit, "warmup": warmup,
         "seed": seed, "count_flops": count_flops, "flop_counter": flop_counter,
         "min_timed_batches": min_timed_batches, "max_cv": max_cv, "started_at": started.isoformat(timespec="seconds")}
+    if task_kind(dataset_name) == "caption":
+        run.config["caption_scoring"] = caption_scoring(ptb_tokenizer, meteor=dataset_name in TASKS)
     dp = distributed.data_parallel()  # None unless started by `accelerate launch` with several processes
     if dp:  # whole batches, so each is the batch one process would run: the same predictions (docs/scaling.md)
         run.config["data_parallel"] = dp.describe()
@@ -105,7 +115,7 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
                 if show:
                     _print_progress(run, total)
                 if checkpoint and not dp and time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
-                    checkpoint.write_text(run.result(min_timed_batches, max_cv).to_json())
+                    checkpoint.write_text(run.result(min_timed_batches, max_cv, final=False).to_json())
                     last_checkpoint = time.monotonic()
         except KeyboardInterrupt:
             run.interrupted = True
@@ -114,7 +124,7 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
                 error = exc
             else:
                 if checkpoint and run.records:
-                    checkpoint.write_text(run.result(min_timed_batches, max_cv).to_json())
+                    checkpoint.write_text(run.result(min_timed_batches, max_cv, final=False).to_json())
                 raise
         finally:
             run.meter.close()
@@ -168,12 +178,6 @@ def _samples(dataset: str | Iterable[Sample], limit: int | None, seed: int) -> t
         if not isinstance(s, Sample):
             raise TypeError(f"dataset items must be llava_accel.Sample, got {type(s).__name__}")
     return samples, name
-
-
-def _answer(sample: Sample, text: str) -> str:
-    """The text every metric scores: cut at the task's stop strings (lmms-eval ``until``), as its native metric does."""
-    spec = TASKS.get(sample.task)
-    return apply_stop(text, spec.until) if spec and spec.until else text
 
 
 def _print_progress(run: "_Run", total: int) -> None:
@@ -236,7 +240,8 @@ class _Run:
             size=len(batch), latency_s=t1 - t0, ttft_s=None if first is None else first - t0,
             decode_s=None if first is None or end is None else end - first, steps=steps, new_tokens=sum(lengths),
             energy_j=e1 - e0))
-        self.predictions += [Prediction(s.id, s.prompt, _answer(s, o.text), list(s.references), n, list(o.token_ids))
+        self.predictions += [Prediction(s.id, o.prompt or s.prompt, o.text, list(s.references), n, list(o.token_ids),
+                                        s.prompt if o.prompt and o.prompt != s.prompt else None)
                              for s, o, n in zip(batch, outputs, lengths)]
         self.truncated += [s.id for s, o in zip(batch, outputs) if o.truncated]
         self.image_tokens = outputs[0].image_tokens if outputs else self.image_tokens
@@ -276,13 +281,18 @@ class _Run:
         except Exception as exc:  # a FLOP pass that fails must not lose the timed results
             self.flop_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
-    def result(self, min_timed_batches: int, max_cv: float) -> MeasureResult:
+    def result(self, min_timed_batches: int, max_cv: float, final: bool = True) -> MeasureResult:
+        """The result so far; ``final=False`` (a checkpoint) leaves out METEOR, whose jar takes seconds to start."""
         done = self.samples[:len(self.predictions)]
         predictions = [p.prediction for p in self.predictions]
         notes: list[str] = []
+        scoring = self.config.get("caption_scoring", {})
+        if scoring.get("meteor", "").startswith("absent: needs"):
+            notes.append(f"METEOR {scoring['meteor']}")
         score = corpus_wer(predictions, [p.references for p in self.predictions])
         try:
-            native = native_metric(done, predictions) if done else {}
+            tokenizer = scoring.get("ptb_tokenizer", PTB_PYTHON)
+            native = native_metric(done, predictions, tokenizer, meteor=final) if done else {}
         except Exception as exc:  # another module's metric must not lose the measured run
             native = {}
             notes.append(f"native metric failed: {type(exc).__name__}: {exc}")

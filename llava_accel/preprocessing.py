@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, Union
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -23,16 +23,26 @@ def format_prompt(prompt: str) -> str:
     return CHAT_TEMPLATE.format(prompt=prompt)
 
 
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF Orientation tag says (a phone JPEG tagged 6 is stored on its side), in RGB.
+
+    ``datasets``' Image feature and lmms-eval do the same (``ImageOps.exif_transpose``), so the model sees the picture
+    upright, as a person does. An image without the tag, or already turned (the tag is then removed), is unchanged.
+    """
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
 def load_image(image: ImageInput) -> Image.Image:
-    """An RGB PIL image from a PIL image or a path; a one-line ``ImageError`` when it cannot be read."""
+    """An upright RGB PIL image (``upright_rgb``) from a PIL image or a path; a one-line ``ImageError`` when it cannot
+    be read."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return upright_rgb(image)
     path = os.fspath(image)
     if not os.path.exists(path):
         raise ImageError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return upright_rgb(img)
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageError(f"cannot read image {path}: {exc.__class__.__name__}; pass a PNG, JPEG or other PIL-readable file") from None
 
@@ -43,6 +53,7 @@ class EncodedBatch:
 
     inputs: dict  # processor output: input_ids, attention_mask, pixel_values (left padded)
     truncated: list[bool]  # per sample: prompt cut to fit max_input_len
+    prompts: list[str]  # per sample: the prompt as run (after any cut), before the chat template
     text_tokens: list[int]  # per sample: text tokens of the templated prompt as run (image tokens excluded)
     image_tokens: int  # image tokens per image (576 for LLaVA-1.5 at 336 px, 256 at 224 px)
 
@@ -62,7 +73,8 @@ def encode(processor, images: Sequence[Image.Image], prompts: Sequence[str], max
     batch = dict(processor(images=list(images), text=[format_prompt(f.prompt) for f in fitted], padding=True,
                            return_tensors="pt", **processor_size_kwargs(img_size)))
     image_tokens = int((batch["input_ids"] == image_token_id).sum()) // max(len(fitted), 1)
-    return EncodedBatch(batch, [f.cut for f in fitted], [f.text_tokens for f in fitted], image_tokens)
+    return EncodedBatch(batch, [f.cut for f in fitted], [f.prompt for f in fitted], [f.text_tokens for f in fitted],
+                        image_tokens)
 
 
 def encode_batch(processor, images: Sequence[Image.Image], prompts: Sequence[str], max_input_len: int | None = None,

@@ -23,11 +23,12 @@ from .outputs import write_atomic
 @dataclass
 class Prediction:
     id: str
-    prompt: str
+    prompt: str  # the prompt the model saw (after any max_input_len cut), before the chat template
     prediction: str
     references: list[str]
     new_tokens: int  # generated tokens, EOS and padding excluded
     token_ids: list[int] = field(default_factory=list)  # those tokens (drift compares them)
+    original_prompt: str | None = None  # the sample's prompt, when the model saw a cut one (else None)
 
 
 @dataclass

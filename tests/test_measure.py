@@ -42,7 +42,7 @@ def test_every_field(tiny_result):
     assert m.memory.rss_peak_bytes > 0 and m.memory.device_peak_bytes is None
     c = m.config
     assert c["backend"]["backend"] == "cpu" and c["backend"]["weights"] == "tiny-trained"
-    assert (c["batch_size"], c["samples"], c["max_new_tokens"], c["max_input_len"], c["warmup"]) == (2, 4, 4, 200, 1)
+    assert (c["batch_size"], c["samples"], c["max_new_tokens"], c["max_input_len"], c["warmup"]) == (2, 4, 4, None, 1)
     assert c["dataset"] == "synthetic-coco"
     env = m.environment
     assert env["versions"]["torch"] == torch.__version__.split("+")[0] or env["versions"]["torch"] == torch.__version__
@@ -208,14 +208,15 @@ def test_progress_only_when_asked_or_on_a_terminal(capsys):
     assert "measure: 1/2 samples" in err and "measure: 2/2 samples" in err and "ETA" in err
 
 
-def test_task_budget_and_stop_strings_apply_to_every_metric():
+def test_task_budget_applies_and_answers_are_scored_whole():
     image = synthetic_samples("synthetic-coco", 1)[0].image
     samples = [la.Sample(image, "What is written?", ["cat"] * 10, id=str(i), task="textvqa") for i in range(2)]
     backend = SleepingBackend(prefill_s=0, step_s=0, slow_calls=0, text="Cat ASSISTANT: what else?")
     m = measure(backend, samples, warmup=1, count_flops=False)
     assert m.config["dataset"] == "textvqa" and m.config["max_new_tokens"] == 1024  # the task's budget
-    assert [p.prediction for p in m.predictions] == ["Cat", "Cat"]  # cut at lmms-eval's "ASSISTANT:"
-    assert m.wer == 0.0 and m.native["vqa_accuracy"] == 1.0
+    # not cut at "ASSISTANT:": lmms-eval 0.7.3's llava_hf never applies the textvqa yaml's `until`
+    assert [p.prediction for p in m.predictions] == ["Cat ASSISTANT: what else?"] * 2
+    assert m.wer > 0 and m.native["vqa_accuracy"] == 0.0
     synthetic = measure(backend, synthetic_samples("synthetic-scienceqa", 1), warmup=0, count_flops=False)
     assert synthetic.config["max_new_tokens"] == 16
 
@@ -227,3 +228,24 @@ def test_bad_arguments():
         measure(SleepingBackend(), la.SampleSet([], [("x/0", "image not found: x.png")]))
     with pytest.raises(TypeError, match="llava_accel.Sample"):
         measure(SleepingBackend(), ["not a sample"])
+
+
+def test_caption_scoring_is_recorded_and_checked_first(monkeypatch, capsys):
+    from llava_accel.cli import main
+    from llava_accel.errors import MetricUnavailableError, OptionError
+    from llava_accel.metrics import java as java_tools
+
+    samples = synthetic_samples("synthetic-coco", 2)
+    backend = SleepingBackend(prefill_s=0, step_s=0, slow_calls=0, text="a red circle")
+    m = measure(backend, samples, warmup=0, count_flops=False, max_new_tokens=1)
+    assert m.config["caption_scoring"] == {"ptb_tokenizer": "python",
+                                           "meteor": "absent: not computed for synthetic tasks (speed runs)"}
+    assert {"bleu_1", "bleu_4", "rouge_l", "cider"} <= set(m.native) and "meteor" not in m.native
+    with pytest.raises(OptionError):
+        measure(backend, samples, ptb_tokenizer="spacy")
+    monkeypatch.setattr(java_tools.shutil, "which", lambda name: None)  # no Java here
+    with pytest.raises(MetricUnavailableError, match="needs a Java runtime"):
+        measure(backend, samples, ptb_tokenizer="java")
+    rc = main(["measure", "--backend", "cpu", "--task", "synthetic-coco", "--limit", "1", "--ptb-tokenizer", "java"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("llava-accel: error: the Java PTB tokenizer needs") and "\n" not in err

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from llava_accel.metrics.choice import choice_metric, lmms_eval_exact_match, parse_letter
-from llava_accel.metrics.cider import cider, cider_d, ptb_tokenize
+from llava_accel.metrics.cider import cider, cider_d
+from llava_accel.metrics.ptb import tokenize_corpus
 from llava_accel.metrics.vqa import normalize_answer, vqa_accuracy, vqa_metric
 from llava_accel.tasks import Sample
 
@@ -49,7 +50,9 @@ def test_vqa_metric_averages_samples_with_answers():
 @pytest.mark.parametrize("answer, letter", [
     ("B", "B"), ("B.", "B"), ("(B)", "B"), ("The answer is B", "B"), (" B) blue", "B"), ("[C] purple", "C"),
     ("Answer: C", "C"), ("The correct answer is (D).", "D"), ("B. blue", "B"), ("A.", "A"),
-    ("A dog", None), ("b", None), ("", None), ("I think so", None),
+    ("A dog", None), ("", None), ("I think so", None),
+    ("b", "B"), ("b.", "B"), ("(c)", "C"), ("\uff22", "B"), ("\uff22\uff0e", "B"),  # bare lower-case, full-width
+    ("a dog", None), ("b is wrong", None),  # a lower-case letter only when it is the whole answer
 ])
 def test_parse_letter(answer, letter):
     assert parse_letter(answer) == letter
@@ -63,10 +66,23 @@ def test_parse_letter_with_choices():
     assert parse_letter("Answer: (B) green", choices) == "B"
 
 
-def test_lmms_eval_rule_is_strict():
-    assert lmms_eval_exact_match("B", "B") == 1.0 and lmms_eval_exact_match("B. blue", "B") == 1.0
-    assert lmms_eval_exact_match("(B)", "B") == 0.0 and lmms_eval_exact_match("The answer is B", "B") == 0.0
-    assert lmms_eval_exact_match("C.", "B") == 0.0
+@pytest.mark.parametrize("answer, score", [
+    ("B", 1), (" B\n", 1), ("b", 1), (" b ", 1), ("B.", 1), ("B. blue", 1), ("B.blue", 1),  # lmms-eval's cases
+    ("b.", 0), ("b. blue", 0), ("(B)", 0), ("The answer is B", 0), ("C.", 0), ("B)", 0), ("", 0), ("\uff22", 0),
+])
+def test_lmms_eval_rule(answer, score):
+    """lmms-eval 0.7.3 sqa_process_results: stripped answer equals the letter ignoring case, or 'X.'/'X. ...' with X
+    upper case."""
+    assert lmms_eval_exact_match(answer, "B") == score
+
+
+def test_lmms_eval_rule_against_lmms_eval_itself():
+    """When lmms-eval is installed, its own sqa_process_results agrees on every case (its module imports alone)."""
+    utils = pytest.importorskip("lmms_eval.tasks.scienceqa.utils", reason="lmms-eval is not installed")
+    cases = ["B", "b", " b ", "B.", "B. blue", "b.", "b. x", "(B)", "C.", "", "Ｂ", "A", "a.", "B:", "BB"]
+    doc = {"choices": ["x", "y", "z"], "answer": 1}
+    assert [utils.sqa_process_results(doc, [c])["exact_match"] for c in cases] == \
+        [lmms_eval_exact_match(c, "B") for c in cases]
 
 
 def test_choice_metric():
@@ -74,16 +90,11 @@ def test_choice_metric():
                Sample(None, "p", ["A"], fields={"choices": ["x", "y"]})]
     # robust: '(B)' right, 'x' names option A, 'B' wrong; lmms-eval's rule takes neither '(B)' nor 'x'
     assert choice_metric(samples, ["(B)", "x", "B"]) == {"accuracy": pytest.approx(2 / 3), "lmms_eval_exact_match": 0.0}
+    # a lower-case letter: right in both (lmms-eval compares ignoring case)
+    assert choice_metric(samples, ["b", "a", "a."]) == {"accuracy": 1.0, "lmms_eval_exact_match": pytest.approx(2 / 3)}
 
 
 # -- CIDEr-D ------------------------------------------------------------------------------------------------------
-def test_ptb_python_matches_the_java_tokenizer():
-    """Every line of the fixture was tokenized by pycocoevalcap 1.2's PTBTokenizer (Stanford CoreNLP 3.4.1)."""
-    rows = [json.loads(line) for line in (FIXTURES / "ptb_reference.jsonl").read_text().splitlines()]
-    assert len(rows) >= 90
-    assert [ptb_tokenize(r["text"]) for r in rows] == [r["pycocoevalcap"] for r in rows]
-
-
 def test_cider_d_published_nlg_eval_example():
     """nlg-eval's README/test example (no tokenization, 2 references each): CIDEr 1.242192."""
     hyps = ["this is the model generated sentence1 which seems good enough",
@@ -101,7 +112,7 @@ def test_cider_matches_pycocoevalcap_on_captions():
     ref = json.loads((FIXTURES / "cider_reference.json").read_text())
     cands = [s["candidate"] for s in ref["samples"]]
     refs = [s["references"] for s in ref["samples"]]
-    mean, per_sample = cider_d([ptb_tokenize(c) for c in cands], [[ptb_tokenize(r) for r in rs] for rs in refs])
+    mean, per_sample = cider_d(*tokenize_corpus(cands, refs))
     assert per_sample == pytest.approx([s["cider_d"] for s in ref["samples"]], abs=1e-9)
     assert mean == pytest.approx(ref["corpus_cider_d"], abs=1e-9)
     assert cider(cands, refs) == pytest.approx(ref["corpus_cider_d"], abs=1e-9)

@@ -84,6 +84,9 @@ def test_generate_reports_cut_samples_and_token_counts(backend, image_id):
     outs = backend.generate(*args, max_new_tokens=3, max_input_len=cap, fields=[s.fields for s in samples])
     assert [o.truncated for o in outs] == [n > cap for n in lengths] and sum(o.truncated for o in outs) == 2
     assert all(o.text_tokens <= cap for o in outs) and all(o.image_tokens == 16 for o in outs)
+    # each output holds the prompt as run: the cut one, or the prompt given
+    assert [o.prompt == s.prompt for o, s in zip(outs, samples)] == [n <= cap for n in lengths]
+    assert all(count_text_tokens(backend.processor.tokenizer, o.prompt, image_id) == o.text_tokens for o in outs)
     batch = backend.encode(*args, max_input_len=cap, fields=[s.fields for s in samples])
     mask = batch.inputs["attention_mask"].sum(1)
     assert (mask - batch.image_tokens).tolist() == batch.text_tokens  # counted as the model sees them
@@ -137,9 +140,15 @@ def test_measure_reports_cut_prompts_image_tokens_and_skipped_images(backend, im
     cap = sorted(lengths)[0]  # the shortest fits, the other two are cut
     m = la.measure(backend, samples, max_input_len=cap, img_size=32, max_new_tokens=2, warmup=0, idle_seconds=0)
     assert m.config["truncated_samples"] == sum(n > cap for n in lengths) == 2
+    # each prediction records the prompt the model saw, and the sample's own prompt beside it when that was cut
+    for p, s, n in zip(m.predictions, samples, lengths):
+        assert (p.original_prompt, p.prompt == s.prompt) == ((None, True) if n <= cap else (s.prompt, False))
+        assert count_text_tokens(backend.processor.tokenizer, p.prompt, image_id) <= cap
+    assert la.MeasureResult.from_dict(m.to_dict()).predictions == m.predictions
     assert m.config["image_tokens"] == 4 and m.config["img_size"] == 32
     assert len(m.config["skipped_samples"]) == 1 and m.flops is not None  # the FLOP pass ran at 32 px too
     table = str(m)
     assert "2 prompts cut" in table and "4 image tokens per image" in table and "1 samples skipped" in table
-    assert la.measure(backend, samples, max_new_tokens=2, warmup=0, idle_seconds=0,
-                      count_flops=False).config["truncated_samples"] == 0
+    plain = la.measure(backend, samples, max_new_tokens=2, warmup=0, idle_seconds=0, count_flops=False)
+    assert plain.config["truncated_samples"] == 0 and plain.config["max_input_len"] is None  # no cut by default
+    assert [(p.prompt, p.original_prompt) for p in plain.predictions] == [(s.prompt, None) for s in samples]

@@ -56,6 +56,7 @@ class GenerationOutput:
     text: str
     token_ids: list[int] = field(default_factory=list)
     truncated: bool = False  # the prompt was cut to fit max_input_len
+    prompt: str = ""  # the prompt as run (after any cut), before the chat template
     text_tokens: int = 0  # text tokens of the prompt as run (image tokens excluded)
     image_tokens: int = 0  # image tokens of its image (576 for LLaVA-1.5 at 336 px)
 
@@ -184,15 +185,16 @@ class Backend(ABC):
                  img_size: int | None = None, fields: Sequence[Mapping[str, Any] | None] | None = None
                  ) -> list[GenerationOutput]:
         """Answer each prompt about its image. ``min_new_tokens=max_new_tokens`` forces equal work for timing;
-        ``max_input_len``, ``img_size`` and ``fields`` as in ``encode`` (each output says if its prompt was cut)."""
+        ``max_input_len``, ``img_size`` and ``fields`` as in ``encode`` (each output holds its prompt as run and says if
+        it was cut)."""
         if max_new_tokens < 1:
             raise OptionError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         batch = self.encode(images, prompts, max_input_len, img_size, fields)
         with torch.inference_mode():
             new_ids = self.generate_ids(batch.inputs, max_new_tokens, min_new_tokens, streamer)
         outputs = self.decode(new_ids)
-        for out, cut, text_tokens in zip(outputs, batch.truncated, batch.text_tokens):
-            out.truncated, out.text_tokens, out.image_tokens = cut, text_tokens, batch.image_tokens
+        for out, cut, prompt, text_tokens in zip(outputs, batch.truncated, batch.prompts, batch.text_tokens):
+            out.truncated, out.prompt, out.text_tokens, out.image_tokens = cut, prompt, text_tokens, batch.image_tokens
         return outputs
 
     def decode(self, new_ids: torch.Tensor) -> list[GenerationOutput]:

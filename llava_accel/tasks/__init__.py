@@ -13,15 +13,16 @@ from typing import Callable, Sequence
 
 from ..errors import DatasetError
 from ..metrics.choice import choice_metric
-from ..metrics.cider import cider_metric
+from ..metrics.caption import caption_metric
+from ..metrics.ptb import PTB_PYTHON
 from ..metrics.vqa import vqa_metric
 from .sample import Sample, SampleSet
 from .sources import load_samples
-from .specs import SYNTHETIC_KINDS, TASKS, TaskSpec, apply_stop, task_kind, task_max_new_tokens
+from .specs import SYNTHETIC_KINDS, TASKS, TaskSpec, task_kind, task_max_new_tokens
 from .synthetic import GENERATORS as SYNTHETIC_TASKS, synthetic_samples
 
 Metric = Callable[[Sequence[Sample], Sequence[str]], dict[str, float]]
-KIND_METRICS: dict[str, Metric] = {"caption": cider_metric, "vqa": vqa_metric, "choice": choice_metric}
+KIND_METRICS: dict[str, Metric] = {"caption": caption_metric, "vqa": vqa_metric, "choice": choice_metric}
 # task name -> metric(samples, predictions) -> {metric name: value}; plugins may register more
 NATIVE_METRICS: dict[str, Metric] = {name: KIND_METRICS[task_kind(name)] for name in [*TASKS, *SYNTHETIC_KINDS]}
 
@@ -42,18 +43,21 @@ def load_task(name: str, split: str | None = None, limit: int | None = None, sou
     raise DatasetError(f"unknown task '{name}'; known tasks: {known}")
 
 
-def native_metric(samples: Sequence[Sample], predictions: Sequence[str]) -> dict[str, float]:
+def native_metric(samples: Sequence[Sample], predictions: Sequence[str], ptb_tokenizer: str = PTB_PYTHON,
+                  meteor: bool = True) -> dict[str, float]:
     """The native metric of the samples' task ({} when they mix tasks or their task has none registered).
 
-    A named task's stop strings (lmms-eval ``until``) cut each prediction first.
+    Captions are tokenized with ``ptb_tokenizer`` ("python", or "java": pycocoevalcap's own jar; see docs/metrics.md);
+    METEOR (pycocoevalcap's jar, where it can run) scores the named caption task only, and only with ``meteor=True``:
+    its jar takes seconds to start, and the synthetic twins are for speed runs.
     """
     tasks = {s.task for s in samples}
     if len(tasks) != 1 or (task := tasks.pop()) not in NATIVE_METRICS:
         return {}
-    if task in TASKS and TASKS[task].until:
-        predictions = [apply_stop(p, TASKS[task].until) for p in predictions]
+    if task_kind(task) == "caption":
+        return NATIVE_METRICS[task](samples, predictions, tokenizer=ptb_tokenizer, meteor=meteor and task in TASKS)
     return NATIVE_METRICS[task](samples, predictions)
 
 
-__all__ = ["NATIVE_METRICS", "SYNTHETIC_TASKS", "Sample", "SampleSet", "TASKS", "TaskSpec", "apply_stop", "load_task",
+__all__ = ["NATIVE_METRICS", "SYNTHETIC_TASKS", "Sample", "SampleSet", "TASKS", "TaskSpec", "load_task",
            "native_metric", "synthetic_samples", "task_kind", "task_max_new_tokens"]

@@ -2,6 +2,8 @@
 
 - hub id (the default; ``owner/name``): ``datasets.load_dataset`` with the hub's cache. ``datasets`` is imported only
   here, and without network we go straight to the cache, so an offline miss is one line at once, not 30 s of retries.
+  By default the task's id as lmms-eval 0.7.3 reads it, then its former ids when that one is not found (in the cache
+  or on the hub); ``SampleSet.source`` records the id actually read.
 - a folder written by ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``; the split picks from the latter).
 - a plain folder: ``samples.jsonl`` (one JSON object per row, with the hub dataset's column names) and the images,
   the image column holding a path relative to the folder and inside it (``folder_image_path``).
@@ -23,7 +25,7 @@ from typing import Any, Iterator
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DatasetError, ImageError
-from ..preprocessing import load_image
+from ..preprocessing import load_image, upright_rgb
 from .sample import Sample, SampleSet
 from .specs import KIND_FIELDS, TaskSpec
 
@@ -32,13 +34,13 @@ SAVE_TO_DISK_MARKERS = ("dataset_dict.json", "state.json")
 
 
 def open_image(value: Any, folder: Path | None = None, where: str = "") -> Image.Image:
-    """An RGB image, fully decoded, from a PIL image, ``{"bytes", "path"}`` (datasets) or a path; else ImageError.
-    ``folder``: the plain data folder the path is relative to (see ``folder_image_path``; ``where``: its row)."""
+    """An upright RGB image (EXIF orientation applied), fully decoded, from a PIL image, ``{"bytes", "path"}``
+    (datasets) or a path; else ImageError. ``folder``: the plain data folder the path is relative to (see ``folder_image_path``; ``where``: its row)."""
     if isinstance(value, dict):
         if value.get("bytes"):
             try:
                 with Image.open(io.BytesIO(value["bytes"])) as img:
-                    return img.convert("RGB")
+                    return upright_rgb(img)
             except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
                 raise ImageError(f"cannot decode image: {exc.__class__.__name__}") from None
         value = value.get("path")
@@ -85,6 +87,10 @@ def _hub_offline(offline: bool) -> Iterator[None]:
         datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
 
 
+class _NotFound(Exception):
+    """A hub id that is neither in the cache nor on the hub (the next id may be)."""
+
+
 def _hub_dataset(spec: TaskSpec, hub_id: str, split: str):
     from ..models.loading import hub_reachable
 
@@ -96,11 +102,25 @@ def _hub_dataset(spec: TaskSpec, hub_id: str, split: str):
             return datasets.load_dataset(hub_id, spec.config, split=split)
     except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
         if offline:
-            raise DatasetError(
+            raise _NotFound(
                 f"dataset '{hub_id}' is not in the datasets cache and the hub is unreachable (offline); where there "
                 f"is network run datasets.load_dataset('{hub_id}'{config}, split='{split}').save_to_disk(DIR) and "
                 f"pass source=DIR (CLI: --source DIR)") from None
+        if type(exc).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError", "FileNotFoundError"):
+            raise _NotFound(f"dataset '{hub_id}' not found on the hub: {str(exc).splitlines()[0]}") from None
         raise DatasetError(f"cannot load dataset '{hub_id}' (split '{split}'): {str(exc).splitlines()[0]}") from None
+
+
+def _first_hub_dataset(spec: TaskSpec, hub_ids: list[str], split: str):
+    """(dataset, the id it was read from): the first of ``hub_ids`` found; else the first one's error."""
+    first = None
+    for hub_id in hub_ids:
+        try:
+            return _hub_dataset(spec, hub_id, split), hub_id
+        except _NotFound as exc:
+            first = first or str(exc)
+    tried = f" (also tried {', '.join(hub_ids[1:])})" if len(hub_ids) > 1 else ""
+    raise DatasetError(first + tried)
 
 
 def _disk_dataset(path: Path, split: str):
@@ -153,10 +173,11 @@ def _jsonl_rows(path: Path, limit: int | None) -> Iterator[tuple[str, dict]]:
             yield f"{path}:{lineno}", row
 
 
-def resolve_source(spec: TaskSpec, source: str | os.PathLike | None) -> tuple[str, str | Path]:
-    """('hub', id) | ('disk', folder) | ('folder', samples.jsonl path) for ``source`` (None: the task's hub id)."""
+def resolve_source(spec: TaskSpec, source: str | os.PathLike | None) -> tuple[str, str | Path | list[str]]:
+    """('hub', [ids to try in order]) | ('disk', folder) | ('folder', samples.jsonl path) for ``source`` (None: the
+    task's hub id, then its former ids)."""
     if source is None:
-        return "hub", spec.hub_id
+        return "hub", [spec.hub_id, *spec.former_ids]
     path = Path(source)
     if path.is_file() and path.suffix == ".jsonl":
         return "folder", path
@@ -168,7 +189,7 @@ def resolve_source(spec: TaskSpec, source: str | os.PathLike | None) -> tuple[st
         raise DatasetError(f"{path} is not a dataset folder: no {SAMPLES_FILE} (plain layout) and no "
                            f"{' or '.join(SAVE_TO_DISK_MARKERS)} (datasets.save_to_disk); see docs/tasks.md")
     if not path.exists() and str(source).count("/") == 1 and not str(source).startswith((".", "/", "~")):
-        return "hub", str(source)
+        return "hub", [str(source)]
     raise DatasetError(f"dataset source not found: {source} (pass a folder, a {SAMPLES_FILE} file or a hub id owner/name)")
 
 
@@ -181,7 +202,10 @@ def load_samples(spec: TaskSpec, split: str | None = None, limit: int | None = N
     if kind == "folder":
         folder, rows = location.parent, _jsonl_rows(location, limit)
     else:
-        ds = _hub_dataset(spec, location, split) if kind == "hub" else _disk_dataset(location, split)
+        if kind == "hub":
+            ds, location = _first_hub_dataset(spec, location, split)
+        else:
+            ds = _disk_dataset(location, split)
         rows = _dataset_rows(ds, spec, f"{location} ({split})", limit)
     samples, skipped = [], []
     for index, (where, row) in enumerate(rows):

@@ -1,4 +1,4 @@
-"""The named tasks as data: dataset, split, field mapping, prompt, stop rule and metric, as lmms-eval runs them.
+"""The named tasks as data: dataset, split, field mapping, prompt and metric, as lmms-eval 0.7.3 runs them.
 
 A task is a ``TaskSpec``; nothing else in the code knows about COCO, ScienceQA or TextVQA. Its ``kind`` selects the
 prompt builder (``prompts.PROMPT_BUILDERS``) and the native metric (``llava_accel.tasks.NATIVE_METRICS``); its
@@ -28,8 +28,7 @@ class TaskSpec:
     lmms_eval_task: str  # the lmms-eval task this reproduces
     config: str | None = None  # the hub dataset's configuration name
     id_column: str | None = None  # a column naming each row; else the row index
-    until: tuple[str, ...] = ()  # lmms-eval ``until`` strings: the answer is cut at the first one
-    mirrors: tuple[str, ...] = ()  # other hub ids that hold the same data
+    former_ids: tuple[str, ...] = ()  # hub ids read, in order, when ``hub_id`` is not found (cache or hub)
 
     def sample_fields(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """(fields shown in the prompt, references) of one dataset row; ``KeyError`` names a missing column."""
@@ -48,18 +47,19 @@ class TaskSpec:
 
 TASKS: dict[str, TaskSpec] = {
     "coco": TaskSpec(
-        name="coco", kind="caption", hub_id="lmms-lab/COCO-Caption2017", split="val",
+        name="coco", kind="caption", hub_id="lmms-lab-encoder/COCO-Caption2017", split="val",
         columns={"image": "image", "references": "answer"}, id_column="question_id", max_new_tokens=64,
-        lmms_eval_task="coco2017_cap_val", mirrors=("lmms-lab-encoder/COCO-Caption2017",)),
+        lmms_eval_task="coco2017_cap_val", former_ids=("lmms-lab/COCO-Caption2017",)),
     "scienceqa": TaskSpec(
-        name="scienceqa", kind="choice", hub_id="lmms-lab/ScienceQA", config="ScienceQA-IMG", split="test",
+        name="scienceqa", kind="choice", hub_id="lmms-lab-encoder/ScienceQA", config="ScienceQA-IMG", split="test",
         columns={"image": "image", "hint": "hint", "question": "question", "choices": "choices", "answer": "answer"},
-        max_new_tokens=16, lmms_eval_task="scienceqa_img"),
+        max_new_tokens=16, lmms_eval_task="scienceqa_img", former_ids=("lmms-lab/ScienceQA",)),
     "textvqa": TaskSpec(
-        name="textvqa", kind="vqa", hub_id="lmms-lab/textvqa", split="validation",
+        name="textvqa", kind="vqa", hub_id="lmms-lab-encoder/textvqa", split="validation",
         columns={"image": "image", "question": "question", "references": "answers"}, id_column="question_id",
-        # lmms-eval sets no max_new_tokens for textvqa; its llava_hf model then allows 1024 (answers stop at EOS)
-        max_new_tokens=1024, until=("ASSISTANT:",), lmms_eval_task="textvqa_val"),
+        # lmms-eval sets no max_new_tokens for textvqa; its llava_hf model then allows 1024 (answers stop at EOS).
+        # The yaml's `until: ["ASSISTANT:"]` is not applied: lmms-eval 0.7.3's llava_hf never cuts at it.
+        max_new_tokens=1024, lmms_eval_task="textvqa_val", former_ids=("lmms-lab/textvqa",)),
 }
 
 # synthetic twins: same kind (prompt and metric) as their real task; short answers, so a short budget
@@ -77,10 +77,3 @@ def task_max_new_tokens(name: str) -> int | None:
     if name in TASKS:
         return TASKS[name].max_new_tokens
     return SYNTHETIC_MAX_NEW_TOKENS[SYNTHETIC_KINDS[name]] if name in SYNTHETIC_KINDS else None
-
-
-def apply_stop(text: str, until: tuple[str, ...]) -> str:
-    """The answer cut at the first ``until`` string (lm-eval-harness semantics), stripped."""
-    for stop in until:
-        text = text.split(stop, 1)[0]
-    return text.strip()
