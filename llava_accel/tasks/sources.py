@@ -35,7 +35,8 @@ SAVE_TO_DISK_MARKERS = ("dataset_dict.json", "state.json")
 
 def open_image(value: Any, folder: Path | None = None, where: str = "") -> Image.Image:
     """An upright RGB image (EXIF orientation applied), fully decoded, from a PIL image, ``{"bytes", "path"}``
-    (datasets) or a path; else ImageError. ``folder``: the plain data folder the path is relative to (see ``folder_image_path``; ``where``: its row)."""
+    (datasets) or a path; else ImageError. ``folder``: the plain data folder the path is relative to (see
+    ``folder_image_path``; ``where``: its row)."""
     if isinstance(value, dict):
         if value.get("bytes"):
             try:
