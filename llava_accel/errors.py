@@ -34,3 +34,8 @@ class DatasetError(LlavaAccelError):
 
 class PromptTooLongError(LlavaAccelError):
     """A prompt that ``max_input_len`` cannot fit without cutting its template or answer instruction."""
+
+
+def install_hint(extra: str) -> str:
+    """How to get an optional extra: the package is installed from a checkout (it is not on a package index)."""
+    return f"pip install -e '.[{extra}]' in a llava_accel checkout"
