@@ -22,6 +22,7 @@ import torch
 
 from ..metrics.flops import flop_counter, image_token_id
 from ..metrics.mfu import cpu_model, device_peak
+from ..quiet import drop_stderr_lines
 from ..models.compat import cache_kwarg, output_cache
 from .tables import format_table
 
@@ -78,7 +79,7 @@ class ProfilerTimer:
 
     @contextmanager
     def session(self) -> Iterator[None]:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with drop_stderr_lines(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             yield
         self._prof = prof
 
