@@ -134,3 +134,26 @@ def test_missing_results_file_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope.jsonl" in err
+
+
+def test_layer_plot_keeps_each_group_colour_across_panels_and_in_the_legend():
+    from matplotlib.colors import to_rgba
+
+    from llava_accel.study.plots import layer_figure
+
+    profile = load_results([FIXTURE]).profiles[0]
+    fig = layer_figure(profile)
+    colours: dict[str, set] = {}
+    panels = []
+    for ax in fig.axes:
+        labels = [c.get_label() for c in ax.containers]
+        panels.append(labels)
+        for c in ax.containers:
+            colours.setdefault(c.get_label(), set()).add(c.patches[0].get_facecolor())
+    assert "patch-embedding conv" in panels[0] and "patch-embedding conv" not in panels[1]  # decode has no vision
+    assert {"attention", "MLP", "LM head"} <= set(panels[0]) & set(panels[1])
+    assert all(len(c) == 1 for c in colours.values()), colours  # one colour per group, whatever the panel
+    assert len({next(iter(c)) for c in colours.values()}) == len(colours)  # and no two groups share one
+    (legend,) = fig.legends
+    for text, handle in zip(legend.get_texts(), legend.legend_handles):
+        assert to_rgba(handle.get_facecolor()) == next(iter(colours[text.get_text()]))

@@ -178,32 +178,43 @@ def pareto(rows: Sequence[Row], cost: str, path: Path) -> Drawn:
     return _save(fig, path), f"WER against {name} per sample for every configuration, with the Pareto front"
 
 
-# parts of a profile grouped for the stacked bars, by their kind
+# parts of a profile grouped for the stacked bars, by their kind; each group keeps its colour in every panel
 LAYER_GROUPS = (("patch-embedding conv", {"patch-embedding conv"}), ("vision layers", {"vision layer"}),
                 ("projector", {"projector"}), ("attention", {"attention"}), ("MLP", {"mlp"}),
                 ("LM head", {"lm head"}))
+GROUP_COLORS = {label: f"C{i}" for i, (label, _) in enumerate(LAYER_GROUPS)}
+REST = ("everything else (norms, embeddings, glue)", "0.8")
 
 
-def layer_breakdown(profile: LayerProfile, path: Path) -> Drawn:
+def layer_figure(profile: LayerProfile):
+    """One panel per phase, the parts' times stacked per batch size; the legend lists every group drawn."""
+    from matplotlib.patches import Patch
+
     fig, axes = _figure(2, 5.5, 4.5)
     bs = profile.batch_sizes
+    drawn: set[str] = set()
     for ax, ph in zip(axes, profile.phases):
         bottom = [0.0] * len(bs)
-        covered = [0.0] * len(bs)
         for label, kinds in LAYER_GROUPS:
             ms = [sum(p.seconds[i] for p in ph.parts if p.kind in kinds) * 1e3 for i in range(len(bs))]
             if any(ms):
-                ax.bar([str(b) for b in bs], ms, bottom=bottom, label=label)
+                ax.bar([str(b) for b in bs], ms, bottom=bottom, label=label, color=GROUP_COLORS[label])
                 bottom = [x + y for x, y in zip(bottom, ms)]
-                covered = [x + y for x, y in zip(covered, ms)]
-        rest = [w * 1e3 - c for w, c in zip(ph.whole_s, covered)]
-        ax.bar([str(b) for b in bs], rest, bottom=bottom, label="everything else (norms, embeddings, glue)",
-               color="0.8")
+                drawn.add(label)
+        rest = [w * 1e3 - c for w, c in zip(ph.whole_s, bottom)]
+        ax.bar([str(b) for b in bs], rest, bottom=bottom, label=REST[0], color=REST[1])
         ax.set_xlabel("batch size")
         ax.set_ylabel(f"{ph.phase} forward time (ms)")
         ax.set_title(f"{ph.phase} ({'one decode step' if ph.phase == 'decode' else 'prompt + image'})", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
+    legend = [(label, GROUP_COLORS[label]) for label, _ in LAYER_GROUPS if label in drawn] + [REST]
+    fig.legend([Patch(color=c) for _, c in legend], [label for label, _ in legend], loc="outside right upper",
+               fontsize=7)
+    return fig
+
+
+def layer_breakdown(profile: LayerProfile, path: Path) -> Drawn:
+    fig = layer_figure(profile)
     b = profile.backend
     img = f"{profile.img_size} px" if profile.img_size else "native size"
     tiny = b.get("weights") in TINY_WEIGHTS
