@@ -213,7 +213,7 @@ class LayerProfile:
     image_tokens: int
     phases: list[PhaseResult]
     machine: str = ""
-    peak_flops_per_s: float | None = None  # the device's peak for this dtype (see metrics.mfu), for MFU
+    peak_flops_per_s: float | None = None  # the device's peak in its fastest dtype (metrics.mfu)
     peak_source: str = ""
     flop_counter: str = "torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add), attention included"
 
@@ -394,7 +394,7 @@ def profile_layers(backend: Any, samples: Sequence[Any], batch_sizes: Sequence[i
         ph.parts = list(per_phase[phase].values())
         for pr in ph.parts:
             pr.fit = fit_line(batch_sizes, pr.seconds)
-    peak = device_peak(device, backend.dtype)
+    peak = device_peak(device)
     return LayerProfile(backend=backend.describe(), timer=timer_cls.source, batch_sizes=list(batch_sizes),
                         repeats=repeats, task=samples[0].task if samples else "", img_size=img_size,
                         image_tokens=image_tokens, phases=list(phases.values()), machine=_machine(device),
