@@ -157,3 +157,31 @@ def test_layer_plot_keeps_each_group_colour_across_panels_and_in_the_legend():
     (legend,) = fig.legends
     for text, handle in zip(legend.get_texts(), legend.legend_handles):
         assert to_rgba(handle.get_facecolor()) == next(iter(colours[text.get_text()]))
+
+
+def _quality_rows():
+    rows = []
+    for task, native in (("coco", {"cider": 6.3}), ("textvqa", {"vqa_accuracy": 1.0})):
+        for length in (50, 100, 200):
+            rows.append(Row("cpu", "cpu", "float32", task, 1, length, None, wer=0.0, native=native,
+                            latency_sample_s=0.1 * length, energy_sample_j=1.0, energy_label="estimated"))
+    rows.append(Row("eager", "cpu", "float32", "coco", 1, 200, None, wer=0.0, native={"cider": 6.3},
+                    latency_sample_s=30.0, energy_sample_j=2.0, energy_label="estimated"))
+    return rows
+
+
+def test_quality_plots_give_each_metric_its_own_axis_and_show_zero_wer(tmp_path, monkeypatch):
+    from llava_accel.study import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or str(path))
+    rows = _quality_rows()
+    plots.quality_vs_input_len(rows, tmp_path / "q.png")
+    plots.backends_side_by_side(rows, tmp_path / "b.png")
+    plots.pareto(rows, "latency", tmp_path / "p.png")
+    quality, side, pareto_fig = figures
+    wer, cider, vqa = quality.axes
+    assert (cider.get_ylabel(), vqa.get_ylabel()) == ("cider", "vqa_accuracy")  # CIDEr and accuracy apart
+    assert [line.get_label() for line in cider.get_lines()] == ["cpu float32 coco bs1"]  # not "cpu cpu float32"
+    for ax in (wer, side.axes[2], *pareto_fig.axes):  # every WER axis: 0 at the bottom, a note, not +-0.04
+        assert ax.get_ylim() == (0.0, 1.0) and "WER 0 % everywhere" in [t.get_text() for t in ax.texts]

@@ -56,6 +56,15 @@ def _lines(ax, lines: dict[str, list[Row]], along: str, value: Callable[[Row], f
     ax.legend(fontsize=7)
 
 
+def _wer_axis(ax, values: Sequence[float | None]) -> None:
+    """WER from 0 up: all-zero WER is drawn on the axis with a note, not on an empty +-0.04 axis."""
+    top = max([v for v in values if v is not None], default=0.0)
+    ax.set_ylim(0, max(1.0, top * 1.1))
+    if top == 0:
+        ax.text(0.5, 0.5, "WER 0 % everywhere", transform=ax.transAxes, ha="center", va="center", fontsize=9,
+                color="0.4")
+
+
 def _log_x(ax, ticks: Sequence[float] | None = None) -> None:
     """Log x axis with plain numbers as tick labels (matplotlib's default 10^k labels are slow mathtext)."""
     from matplotlib.ticker import NullFormatter, ScalarFormatter
@@ -104,20 +113,23 @@ def energy_vs_batch(rows: Sequence[Row], path: Path) -> Drawn:
 
 
 def quality_vs_input_len(rows: Sequence[Row], path: Path) -> Drawn:
+    """WER, then one panel per native metric (CIDEr's 0-10 and accuracies' 0-1 do not share an axis)."""
     lines = _series([r for r in rows if r.max_input_len], "max_input_len")
     if not lines:
         return None, "needs one configuration measured at 2 or more max_input_len values"
-    fig, (a, b) = _figure(2)
-    _lines(a, lines, "max_input_len", lambda r: r.wer)
-    native = {label: rs for label, rs in lines.items() if rs[0].native}
-    _lines(b, native, "max_input_len", lambda r: next(iter(r.native.values()), None),
-           suffix=lambda r: f" ({next(iter(r.native), '')})")
-    a.set_ylabel("WER (%)")
-    b.set_ylabel("native metric (name in legend)")
-    for ax in (a, b):
+    metrics = sorted({m for rs in lines.values() for r in rs for m in r.native})
+    fig, axes = _figure(1 + len(metrics), 5.0)
+    _lines(axes[0], lines, "max_input_len", lambda r: r.wer)
+    _wer_axis(axes[0], [r.wer for rs in lines.values() for r in rs])
+    axes[0].set_ylabel("WER (%)")
+    for ax, metric in zip(axes[1:], metrics):
+        with_metric = {label: rs for label, rs in lines.items() if any(metric in r.native for r in rs)}
+        _lines(ax, with_metric, "max_input_len", lambda r: r.native.get(metric))
+        ax.set_ylabel(metric)
+    for ax in axes:
         ax.set_xlabel("max_input_len (text tokens)")
     fig.suptitle(_title(rows, "Quality vs max_input_len, per task"), fontsize=9)
-    return _save(fig, path), "WER and each task's native metric against max_input_len, one line per task"
+    return _save(fig, path), "WER and each task's native metric (a panel each) against max_input_len, a line per task"
 
 
 def backends_side_by_side(rows: Sequence[Row], path: Path) -> Drawn:
@@ -147,6 +159,8 @@ def backends_side_by_side(rows: Sequence[Row], path: Path) -> Drawn:
                 bar.set_hatch(h)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(workloads))], list(workloads), fontsize=7, rotation=15)
         ax.set_ylabel(what)
+        if what.startswith("WER"):
+            _wer_axis(ax, [r.wer for rs in workloads.values() for r in rs])
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=7)
     fig.suptitle(_title(rows, "Backends side by side (hatched energy: estimated)"), fontsize=9)
@@ -171,6 +185,7 @@ def pareto(rows: Sequence[Row], cost: str, path: Path) -> Drawn:
         estimated = cost == "energy" and any(r.estimated for r in scored)
         ax.set_xlabel(f"{name} ({unit}){' [estimated]' if estimated else ''}")
         ax.set_ylabel("WER (%), lower is better")
+        _wer_axis(ax, [r.wer for r in scored])
         ax.set_title(task, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
