@@ -56,7 +56,7 @@ def test_tables_follow_the_study_layout_in_spec_order(report):
     cells = [c.strip() for c in header.strip("|").split("|")]
     assert cells[:5] == ["batch", "WER %", "latency s/batch", "energy J/sample", "prefill FLOPs/batch"]
     # every column of measured values carries a unit or is a named metric
-    assert {"latency s/sample", "TTFT s", "s/output token", "tokens/s", "energy J/batch", "MFU %"} <= set(cells)
+    assert {"latency s/sample", "TTFT ms", "ms/output token", "tokens/s", "energy J/batch", "MFU %"} <= set(cells)
 
 
 def test_numbers_are_the_fixture_numbers_with_their_labels(report):
@@ -102,7 +102,8 @@ def test_recommendation_for_a_budget(report):
     _, text = report
     res = load_results([FIXTURE])
     task = "synthetic-textvqa"
-    best = recommend([r for r in res.rows if r.task == task], "latency", 0.1)
+    rows = [r for r in res.rows if r.task == task]
+    best = recommend([r for r in rows if r.valid] or rows, "latency", 0.1)  # valid measurements only, if any
     line = next(line for line in text.splitlines() if line.startswith("Budget 0.1 s/sample") and
                 (best is None or best.label(("backend", "batch_size", "max_input_len", "img_size")) in line))
     assert ("nothing measured fits" in line) == (best is None)
@@ -185,3 +186,35 @@ def test_quality_plots_give_each_metric_its_own_axis_and_show_zero_wer(tmp_path,
     assert [line.get_label() for line in cider.get_lines()] == ["cpu float32 coco bs1"]  # not "cpu cpu float32"
     for ax in (wer, side.axes[2], *pareto_fig.axes):  # every WER axis: 0 at the bottom, a note, not +-0.04
         assert ax.get_ylim() == (0.0, 1.0) and "WER 0 % everywhere" in [t.get_text() for t in ax.texts]
+
+
+def test_reasons_name_their_rows_and_invalid_rows_are_not_recommended():
+    from llava_accel.study.report import _recommendations, grid_table
+
+    rows = [row("a", 10.0, 1.0, valid=True), row("b", 1.0, 0.5, valid=False, reasons=[
+        "time per output token varies too much: coefficient of variation 56.1% > 10%"]),
+        row("c", 9.0, 2.0, valid=False, reasons=["2 full timed batches, fewer than 5: pass more samples"])]
+    _, table = grid_table(rows)
+    assert "- not valid, time per output token varies too much: b (coefficient of variation 56.1% > 10%)" in table
+    assert "- not valid, 2 full timed batches, fewer than 5: c (pass more samples)" in table
+    text = "\n".join(_recommendations(rows, "latency", 0.6))
+    assert "| a cpu float32 bs1 |" in text and "| b cpu" not in text and "2 configurations whose measurement is not valid" in text
+    assert "nothing measured fits" in text  # b (0.5 s) would fit, but its measurement is not valid
+    only_invalid = "\n".join(_recommendations(rows[1:], "latency", None))
+    assert "No valid measurement for this task" in only_invalid and "| b cpu float32 bs1 |" in only_invalid
+
+
+def test_claims_within_the_measured_spread_are_not_findings():
+    from llava_accel.study.profile import answer_claims
+
+    profiles = load_results([FIXTURE]).profiles
+    before = "\n".join(answer_claims(profiles))
+    assert "not recorded" in before  # the fixture predates the spread: no claim is made from noise
+    for p in profiles:
+        for ph in p.phases:
+            ph.whole_spread_s = [10.0] * len(p.batch_sizes)  # a spread far beyond any difference measured
+            for part in ph.parts:
+                part.spread_s = [10.0] * len(p.batch_sizes)
+    after = "\n".join(answer_claims(profiles))
+    assert "not linear (" not in after and "no change with batch beyond the spread" in after
+    assert "is within the measured spread" in after and "exceeds" not in after

@@ -187,6 +187,7 @@ class PartResult:
     seconds: list[float]  # per forward (mean over the faster half of the repeats)
     flops: list[float]  # per forward, 2 FLOPs per multiply-add
     fit: Fit | None = None
+    spread_s: list[float] = field(default_factory=list)  # standard deviation over those runs (empty: not recorded)
 
 
 @dataclass
@@ -197,6 +198,7 @@ class PhaseResult:
     unprofiled_s: list[float]  # the whole forward with no hooks and no profiler: the timer's overhead is the gap
     flops: list[float]
     parts: list[PartResult] = field(default_factory=list)
+    whole_spread_s: list[float] = field(default_factory=list)  # whole_s's standard deviation over the same runs
 
     def part(self, name: str) -> PartResult:
         return next(p for p in self.parts if p.name == name)
@@ -297,6 +299,14 @@ def _mean_over(calls: list[float], runs: list[int], repeats: int) -> float:
     return sum(sum(calls[r * per_run:(r + 1) * per_run]) for r in runs) / len(runs)
 
 
+def _spread_over(calls: list[float], runs: list[int], repeats: int) -> float:
+    """Standard deviation over ``runs`` of a module's time per forward (0 with fewer than 2 runs)."""
+    if not calls or len(runs) < 2:
+        return 0.0
+    per_run = len(calls) // repeats
+    return statistics.stdev(sum(calls[r * per_run:(r + 1) * per_run]) for r in runs)
+
+
 def _mean_time(run: Callable[[], Any], repeats: int, device: torch.device,
                reset: Callable[[], None] | None = None) -> float:
     """Mean wall time of ``run`` with nothing attached (the reference for the timers' overhead); ``reset``, untimed,
@@ -382,6 +392,7 @@ def profile_layers(backend: Any, samples: Sequence[Any], batch_sizes: Sequence[i
                 calls = timer.calls()
                 kept = _steady_runs(calls[FORWARD])
                 ph.whole_s.append(_mean_over(calls[FORWARD], kept, repeats))
+                ph.whole_spread_s.append(_spread_over(calls[FORWARD], kept, repeats))
                 total, flops = _module_flops(model, run, parts)
                 if reset:
                     reset()
@@ -389,6 +400,7 @@ def profile_layers(backend: Any, samples: Sequence[Any], batch_sizes: Sequence[i
                 for name, parent in parents.items():  # the parts that ran, in the order they started
                     pr = per_phase[phase].setdefault(name, PartResult(name, kinds[name], parent, [], []))
                     pr.seconds.append(_mean_over(calls[name], kept, repeats))
+                    pr.spread_s.append(_spread_over(calls[name], kept, repeats))
                     pr.flops.append(flops[name])
     for phase, ph in phases.items():
         ph.parts = list(per_phase[phase].values())
@@ -416,7 +428,14 @@ COMPONENTS = (("prefill", "vision", "vision tower"), ("prefill", "projector", "p
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3g} ms"
+    """Milliseconds as a plain number (no 1.28e+03)."""
+    ms = seconds * 1e3
+    return f"{ms:.0f} ms" if abs(ms) >= 100 else f"{ms:.3g} ms"
+
+
+def _noise(spreads: Sequence[float]) -> float | None:
+    """Two standard deviations of the noisier measurement: a difference smaller than this is not a finding."""
+    return 2 * max(spreads) if spreads else None
 
 
 def answer_claims(profiles: Sequence[LayerProfile]) -> list[str]:
@@ -465,12 +484,24 @@ def _batch_claim(p: LayerProfile) -> str:
         if part is None or part.fit is None:
             continue
         fit, t0, t1 = part.fit, part.seconds[0], part.seconds[-1]
-        linear = "linear" if fit.r2 >= LINEAR_R2 else "not linear"
+        noise = _noise(part.spread_s)
+        worst = max(abs(t - fit.a_s - fit.b_s * b) for t, b in zip(part.seconds, p.batch_sizes))
+        if fit.r2 >= LINEAR_R2:
+            verdict = "linear"
+        elif noise is None:
+            verdict = "not linear by R², but the spread was not recorded: not a finding"
+        elif worst <= noise:
+            verdict = f"linear within the measured spread (largest deviation {_ms(worst)} ≤ 2 sd = {_ms(noise)})"
+        else:
+            verdict = f"not linear (deviation {_ms(worst)} > 2 sd = {_ms(noise)})"
+        if noise is not None and abs(t1 - t0) <= noise:
+            verdict = f"no change with batch beyond the spread ({_ms(abs(t1 - t0))} ≤ 2 sd = {_ms(noise)})"
         lines.append(f"{label}: {_ms(t0)} at batch {b0}, {_ms(t1)} at batch {b1} ({t1 / t0:.2g}x time for "
                      f"{b1 / b0:.2g}x samples); fit a = {_ms(fit.a_s)}, b = {_ms(fit.b_s)}/sample, "
-                     f"R² = {fit.r2:.3f}: {linear}")
-    return (f"- *Does each part scale linearly with batch?* (linear: R² ≥ {LINEAR_R2}; a > 0 is a fixed cost that "
-            "batching spreads over the samples) " + "; ".join(lines) + ".")
+                     f"R² = {fit.r2:.3f}: {verdict}")
+    return (f"- *Does each part scale linearly with batch?* (linear: R² ≥ {LINEAR_R2}, or every point within two "
+            "standard deviations of the fit; a > 0 is a fixed cost that batching spreads over the samples) "
+            + "; ".join(lines) + ".")
 
 
 def _image_claim(group: Sequence[LayerProfile]) -> str:
@@ -487,5 +518,15 @@ def _image_claim(group: Sequence[LayerProfile]) -> str:
                      f"{_ms(vision.seconds[i]) if vision else 'n/a'}, prefill {_ms(pre.whole_s[i])} "
                      f"({pre.flops[i] / 1e9:.4g} GFLOP), decode step {_ms(p.phase('decode').whole_s[i])}")
     b = group[0].batch_sizes[i]
+    small, large = group[0].phase("prefill"), group[-1].phase("prefill")
+    gap = large.whole_s[i] - small.whole_s[i]
+    noise = _noise([ph.whole_spread_s[i] for ph in (small, large) if ph.whole_spread_s])
+    if noise is None or len([ph for ph in (small, large) if ph.whole_spread_s]) < 2:
+        finding = "the spread was not recorded, so the prefill difference is not a finding"
+    elif abs(gap) <= noise:
+        finding = (f"the prefill difference ({_ms(gap)}) is within the measured spread (2 sd = {_ms(noise)}): no "
+                   "measured effect at this size")
+    else:
+        finding = f"the prefill difference ({_ms(gap)}) exceeds the measured spread (2 sd = {_ms(noise)})"
     return (f"- *What does the image size change?* The number of image tokens, and with it the prefill and every "
-            f"decode step's attention; at batch {b}: " + "; ".join(lines) + ".")
+            f"decode step's attention; at batch {b}: " + "; ".join(lines) + f"; {finding}.")
