@@ -70,8 +70,8 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
     p.add_argument("--loop", default=None, choices=("lean", "generate"),
                    help="cpu backend: our greedy loop (lean, the default where it applies) or transformers' generate")
     p.add_argument("--device-map", default=None, help="spread the model over the GPUs, then the CPU, then disk "
-                                                      "(accelerate big-model inference): auto, balanced, sequential; "
-                                                      "see docs/scaling.md")
+                                                      "(accelerate big-model inference): auto, balanced, "
+                                                      "balanced_low_0, sequential; see docs/scaling.md")
     p.add_argument("--max-memory", default=None,
                    help="with --device-map: memory per device, like 0=7GiB,1=7GiB,cpu=30GiB")
     p.add_argument("--offload-folder", default=None, help="with --device-map: folder for weights that fit on no device")
