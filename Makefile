@@ -26,7 +26,8 @@ define install_torch
 	    echo "installing $(TORCH) from $(TORCH_INDEX)"; \
 	    $(1)/python -m pip install --progress-bar on --index-url "$(TORCH_INDEX)" "$(TORCH)"; \
 	  else \
-	    echo "$(TORCH_INDEX) not reachable: installing $(TORCH) from pip's configured index (on Linux x86 PyPI's is the CUDA build)"; \
+	    echo "$(TORCH_INDEX) not reachable: installing $(TORCH) from pip's configured index"; \
+	    echo "(on Linux x86 PyPI's torch is the CUDA build)"; \
 	    $(1)/python -m pip install --progress-bar on "$(TORCH)"; \
 	  fi; }
 endef

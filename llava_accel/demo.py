@@ -112,7 +112,8 @@ def _row(name: str, task: str, result, reference: str) -> DemoRow:
         f"{native[0]} {native[1]:.3f}" if native else "",
         lat.per_sample_s * 1e3 if lat.per_sample_s is not None else None, per_sample[1],
         *_ms(lat.ttft), *_ms(lat.tpot),
-        energy.joules_per_sample, energy.source if energy.label == energy.source else f"{energy.label} ({energy.source})",
+        energy.joules_per_sample,
+        energy.source if energy.label == energy.source else f"{energy.label} ({energy.source})",
         result.flops.total / n / 1e9 if result.flops else None,
         result.drift.identical if result.drift else (1.0 if name == reference else None), reference,
         lat.per_batch.n if lat.per_batch else 0, result.validity.valid, list(result.validity.reasons))

@@ -39,7 +39,8 @@ def _torch_without_cuda() -> bool:
 
 def install_log_filters() -> None:
     """Attach the filters to the emitting loggers (by name: the libraries need not be imported yet). Idempotent."""
-    for name, flt in (("torchao", _DropMessages(r"^Failed to load \S*torchao[/\\]_C\w*\.\S*\.so: ", _torch_without_cuda)),
+    cuda_libraries = _DropMessages(r"^Failed to load \S*torchao[/\\]_C\w*\.\S*\.so: ", _torch_without_cuda)
+    for name, flt in (("torchao", cuda_libraries),
                       ("torch.utils._pytree", _DropMessages(r"Calling register_constant\(\) on Enum subclasses is "
                                                             r"deprecated"))):
         logger = logging.getLogger(name)
