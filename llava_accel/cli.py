@@ -113,7 +113,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     backend = load_backend(args.backend, model=args.model, **_backend_options(args))
     samples = load_task(args.task, limit=max(batch_sizes), seed=args.seed)
     profile = profile_layers(backend, samples, batch_sizes=batch_sizes, img_size=args.img_size, repeats=args.repeats)
-    print(profile.table())
+    print(profile.table() if args.format == "text" else profile.formatted(args.format))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(profile.to_dict(), f, indent=1)
@@ -138,6 +138,7 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed forwards per batch size and phase (mean)")
     p.add_argument("--seed", type=int, default=0, help="which samples a synthetic task draws")
     p.add_argument("--json", default=None, help="write the profile as JSON here (input to `llava-accel report`)")
+    _add_format_arg(p, "the per-layer tables (md: one per phase; csv, json: one row per module and phase)")
 
 
 def cmd_measure(args: argparse.Namespace) -> int:

@@ -43,3 +43,19 @@ def test_flops_unknown_model_is_one_line(capsys):
     assert main(["flops", "--model", "./no-such-model"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("llava-accel: error: ") and err.count("\n") == 1
+
+
+def test_measure_as_csv_markdown_and_json_rows(capsys):
+    args = ["measure", "--task", "synthetic-textvqa", "--limit", "2", "--max-new-tokens", "3", "--warmup", "1",
+            "--no-flops"]
+    assert main(args + ["--format", "csv"]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    row = dict(zip(header.split(","), line.split(",")))
+    assert row["backend"] == "cpu" and row["task"] == "synthetic-textvqa" and row["batch_size"] == "1"
+    assert float(row["latency_ms_per_sample"]) > 0 and row["valid"] == "False" and "vqa_accuracy" in row
+    assert main(args + ["--format", "json"]) == 0
+    (summary,) = json.loads(capsys.readouterr().out)
+    assert summary["timed_batches"] == 2 and summary["reasons"] and summary["prefill_flops_per_sample"] is None
+    assert main(args + ["--format", "md"]) == 0
+    md = capsys.readouterr().out.splitlines()
+    assert md[0].startswith("| backend | device |") and md[1].startswith("|---|") and len(md) == 3

@@ -94,6 +94,11 @@ def test_table_lists_every_module_with_fit_and_share(profile):
     assert all(r[header.index("R²")] != "" for r in rows)  # two batch sizes: every module has a fit
     text = profile.table()
     assert all(p.name in text for ph in profile.phases for p in ph.parts)
+    md = profile.formatted("md")
+    assert md.startswith("**prefill**") and "**decode**" in md and "| module | kind |" in md
+    csv_lines = profile.formatted("csv").splitlines()
+    assert csv_lines[0].startswith("phase,module,kind,") and len(csv_lines) == 1 + sum(
+        len(layer_table(profile, ph.phase)[1]) for ph in profile.phases)
 
 
 def test_fit_line_is_exact_least_squares():

@@ -233,6 +233,19 @@ class LayerProfile:
             phases.append(PhaseResult(**{**ph, "parts": parts}))
         return cls(**{k: v for k, v in d.items() if k != "kind"} | {"phases": phases})
 
+    def formatted(self, fmt: str) -> str:
+        """The per-layer tables as Markdown (one per phase), or CSV / JSON rows (the phase a column)."""
+        from ..formats import render
+
+        if fmt == "md":
+            return "\n\n".join(f"**{ph.phase}**\n\n" + format_table(*layer_table(self, ph.phase))
+                                 for ph in self.phases)
+        rows = []
+        for ph in self.phases:
+            header, body = layer_table(self, ph.phase)
+            rows += [{"phase": ph.phase, **dict(zip(header, [c.strip() for c in line]))} for line in body]
+        return render(rows, fmt)
+
     def table(self) -> str:
         """A plain-text table per phase, the largest batch size's share and FLOP/s."""
         out = [f"per-layer profile: {self.backend.get('backend')} on {self.backend.get('device')} "
