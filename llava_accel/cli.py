@@ -9,6 +9,7 @@ from typing import Callable
 
 from .distributed import is_main_process, process_tag
 from .errors import LlavaAccelError
+from .formats import FORMATS, render
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -16,8 +17,6 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
     infos = list_backends()
     if args.format != "text":
-        from .formats import render
-
         print(render([{"name": i.name, "available": i.available, "why_not": i.reason, "package": i.package}
                       for i in infos], args.format))
         return 0
@@ -172,8 +171,6 @@ def cmd_measure(args: argparse.Namespace) -> int:
         if args.format == "text":
             print(result)
         else:
-            from .formats import render
-
             print(render([result.summary()], args.format))
         if args.json:
             print(f"wrote {args.json}", file=sys.stderr)
@@ -244,8 +241,8 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
                                                 "textvqa with --model llava-hf/llava-1.5-7b-hf")
     p.add_argument("--source", default=None, help="where a named task's data lives: a save_to_disk folder or a folder "
                                                   "with samples.jsonl (default: the hub)")
-    p.add_argument("--limit", type=int, default=None, help="samples per task (default: one warm-up and 5 timed "
-                                                            "batches, the fewest a valid measurement needs)")
+    p.add_argument("--limit", type=int, default=None, help="samples per task (default: 5 timed batches, the "
+                                                            "fewest a valid measurement needs)")
     p.add_argument("--batch-size", type=int, default=None, help="samples per generate call (default 1)")
     p.add_argument("--out", default=None, help="folder for the JSON results (default: runs/demo-TIMESTAMP in the "
                                                "working directory)")
@@ -312,7 +309,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
 
 
 def _add_format_arg(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--format", default="text", choices=("text", "md", "csv", "json"),
+    p.add_argument("--format", default="text", choices=FORMATS,
                    help=f"how to print {what}: aligned text, Markdown, CSV or JSON")
 
 

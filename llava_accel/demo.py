@@ -9,7 +9,7 @@ machine has kernels for. ``--backends eager,cpu`` picks some. Full results go to
 
 Every cell of the table is a mean with its spread (± the standard deviation over the timed batches), every row says
 its batch size and whether the measurement is valid; by default each task has enough samples for the 5 timed
-batches a valid result needs (``measure``'s ``min_timed_batches``), after one warm-up batch.
+batches a valid result needs (``measure``'s ``min_timed_batches``; the warm-up reruns the first batch).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from .tasks import SYNTHETIC_TASKS, load_task
 
 DEMO_TASKS = tuple(SYNTHETIC_TASKS)
 DEMO_BATCH_SIZE = 1
-DEMO_LIMIT = (MIN_TIMED_BATCHES + 1) * DEMO_BATCH_SIZE  # one timed batch to spare
 RUNS_DIR = Path("runs")
 
 
@@ -123,11 +122,16 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def default_limit(batch_size: int = DEMO_BATCH_SIZE) -> int:
+    """Samples per task for the timed batches a valid result needs (the warm-up reruns the first batch)."""
+    return MIN_TIMED_BATCHES * batch_size
+
+
 def default_out_dir() -> Path:
     return RUNS_DIR / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit: int = DEMO_LIMIT,
+def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit: int | None = None,
              batch_size: int = DEMO_BATCH_SIZE, out_dir: str | Path | None = None,
              backends: Sequence[tuple[str, dict]] | None = None, log: Callable[[str], None] | None = None,
              source: str | None = None, progress: bool | None = None) -> tuple[list[DemoRow], Path]:
@@ -136,7 +140,7 @@ def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit:
     The tasks are loaded first (``source``: where a named task's data lives, see ``load_task``), so a task that
     cannot be read fails before any model is loaded, and every backend gets the same samples. ``progress``: say on
     stderr which row runs, with ``measure``'s progress line (default: when stderr is a terminal)."""
-    data = {task: load_task(task, limit=limit, source=source) for task in tasks}
+    data = {task: load_task(task, limit=limit or default_limit(batch_size), source=source) for task in tasks}
     out = Path(out_dir or default_out_dir())
     out.mkdir(parents=True, exist_ok=True)
     backends = list(backends if backends is not None else demo_backends())
@@ -198,7 +202,7 @@ def cli(model: str | None, limit: int | None, batch_size: int | None, out_dir: s
         quantized: bool = True, tasks: str | None = None, source: str | None = None, fmt: str = "text") -> int:
     """``llava-accel demo``: run, print the table (``fmt``: text, md, csv or json), say where the JSON went."""
     batch_size = batch_size or DEMO_BATCH_SIZE
-    limit = limit or (MIN_TIMED_BATCHES + 1) * batch_size
+    limit = limit or default_limit(batch_size)
     backends = demo_backends(names.split(",") if names else None, quantized)
     out = Path(out_dir or default_out_dir())
     print(f"demo: {len(backends)} backends x {len(tasks.split(',')) if tasks else len(DEMO_TASKS)} tasks, "
