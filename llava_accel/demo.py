@@ -140,10 +140,13 @@ def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit:
     The tasks are loaded first (``source``: where a named task's data lives, see ``load_task``), so a task that
     cannot be read fails before any model is loaded, and every backend gets the same samples. ``progress``: say on
     stderr which row runs, with ``measure``'s progress line (default: when stderr is a terminal)."""
-    data = {task: load_task(task, limit=limit or default_limit(batch_size), source=source) for task in tasks}
+    limit = limit or default_limit(batch_size)
+    data = {task: load_task(task, limit=limit, source=source) for task in tasks}
     out = Path(out_dir or default_out_dir())
     out.mkdir(parents=True, exist_ok=True)
     backends = list(backends if backends is not None else demo_backends())
+    (log or _stderr)(f"demo: {len(backends)} backends x {len(tasks)} tasks, {limit} samples "
+                     f"each in batches of {batch_size}; results go to {out}/")
     show = sys.stderr.isatty() if progress is None else progress
     rows, references = [], {}
     for k, (name, options) in enumerate(backends, 1):
@@ -204,12 +207,9 @@ def cli(model: str | None, limit: int | None, batch_size: int | None, out_dir: s
     batch_size = batch_size or DEMO_BATCH_SIZE
     limit = limit or default_limit(batch_size)
     backends = demo_backends(names.split(",") if names else None, quantized)
-    out = Path(out_dir or default_out_dir())
-    print(f"demo: {len(backends)} backends x {len(tasks.split(',')) if tasks else len(DEMO_TASKS)} tasks, "
-          f"{limit} samples each in batches of {batch_size}; results go to {out}/", file=sys.stderr)
     start = time.perf_counter()
     rows, out = run_demo(model, tasks.split(",") if tasks else DEMO_TASKS, limit=limit, batch_size=batch_size,
-                         out_dir=out, backends=backends, source=source)
+                         out_dir=out_dir, backends=backends, source=source)
     if fmt != "text":
         print(render([asdict(r) for r in rows], fmt))
         return 0
