@@ -154,7 +154,7 @@ class MeasureResult:
             "backend": b.get("backend"), "device": b.get("device"), "dtype": b.get("dtype"),
             "quantize": b.get("quantize"), "model": b.get("model"), "weights": b.get("weights"),
             "task": c.get("dataset"), "samples": c.get("samples"), "batch_size": c.get("batch_size"),
-            "wer_percent": self.wer, **{k: v for k, v in self.native.items()},
+            "wer_percent": self.wer, **self.native,
             "latency_ms_per_batch": ms(lat.per_batch, "mean"), "latency_ms_per_batch_sd": ms(lat.per_batch, "stdev"),
             "latency_ms_per_batch_p90": ms(lat.per_batch, "p90"),
             "latency_ms_per_sample": None if lat.per_sample_s is None else lat.per_sample_s * 1e3,
