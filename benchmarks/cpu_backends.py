@@ -94,7 +94,7 @@ def sweep(model_name: str, batches: list[int], rounds: int, new_tokens: int, dty
         inputs = backends["eager"].prepare(images, prompts)
         prompt_len = inputs["input_ids"].shape[1]
         flop_model = flop_model or FlopModel.fit(net.config, tuple(inputs["pixel_values"].shape[-2:]))
-        peak = device_peak("cpu", net.dtype)
+        peak = device_peak("cpu")
         bound = floor(net, batch, prompt_len, new_tokens, flop_model.prefill(prompt_len, batch),
                       flop_model.decode_step(prompt_len + new_tokens / 2, batch), peak.flops_per_s, bandwidth)
         reference = calls["eager"][0]["tokens"]

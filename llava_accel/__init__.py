@@ -5,6 +5,7 @@
     b.generate(images=[img], prompts=["What is written on the sign?"])
 """
 
+from . import quiet  # noqa: F401  (first: its log filters are in place before torch or torchao log)
 from .backends.base import Backend, GenerationOutput
 from .errors import (BackendUnavailableError, DatasetError, ImageError, LlavaAccelError, ModelNotFoundError,
                      PromptTooLongError, UnknownBackendError)

@@ -1,4 +1,4 @@
-"""``llava-accel``: the command line. Each subcommand is one small function; user errors are one line on stderr."""
+"""The command line. Each subcommand is one small function; user errors are one line on stderr."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .distributed import is_main_process, process_tag
 from .errors import LlavaAccelError
+from .formats import FORMATS, render
 from .metrics.ptb import PTB_PYTHON, PTB_TOKENIZERS
 
 if TYPE_CHECKING:  # imported where used: `llava-accel backends` should not pay for torch
@@ -20,6 +21,10 @@ def cmd_backends(args: argparse.Namespace) -> int:
     from .registry import list_backends
 
     infos = list_backends()
+    if args.format != "text":
+        print(render([{"name": i.name, "available": i.available, "why_not": i.reason, "package": i.package}
+                      for i in infos], args.format))
+        return 0
     rows = [("name", "available", "why not", "package")]
     rows += [(i.name, "yes" if i.available else "no", i.reason or "", i.package) for i in infos]
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
@@ -69,8 +74,8 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
     p.add_argument("--loop", default=None, choices=("lean", "generate"),
                    help="cpu backend: our greedy loop (lean, the default where it applies) or transformers' generate")
     p.add_argument("--device-map", default=None, help="spread the model over the GPUs, then the CPU, then disk "
-                                                      "(accelerate big-model inference): auto, balanced, sequential; "
-                                                      "see docs/scaling.md")
+                                                      "(accelerate big-model inference): auto, balanced, "
+                                                      "balanced_low_0, sequential; see docs/scaling.md")
     p.add_argument("--max-memory", default=None,
                    help="with --device-map: memory per device, like 0=7GiB,1=7GiB,cpu=30GiB")
     p.add_argument("--offload-folder", default=None, help="with --device-map: folder for weights that fit on no device")
@@ -79,8 +84,8 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
     _add_backend_args(p)
     p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--prompt", required=True, help="the question; the LLaVA-1.5 chat template is added for you")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length budget in tokens")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -114,7 +119,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     backend = load_backend(args.backend, model=args.model, **_backend_options(args))
     samples = load_task(args.task, limit=max(batch_sizes), seed=args.seed)
     profile = profile_layers(backend, samples, batch_sizes=batch_sizes, img_size=args.img_size, repeats=args.repeats)
-    print(profile.table())
+    print(profile.table() if args.format == "text" else profile.formatted(args.format))
     if out:
         text = json.dumps(profile.to_dict(), indent=1) + "\n"
         print(f"wrote {save(lambda p: write_atomic(p, text), out, 'the profile')}", file=sys.stderr)
@@ -137,8 +142,9 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="synthetic-textvqa", help="task whose images and prompts are fed")
     p.add_argument("--img-size", type=int, default=None, help="image side in pixels (default: the model's own)")
     p.add_argument("--repeats", type=int, default=5, help="timed forwards per batch size and phase (mean)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="which samples a synthetic task draws")
     p.add_argument("--json", default=None, help="write the profile as JSON here (input to `llava-accel report`)")
+    _add_format_arg(p, "the per-layer tables (md: one per phase; csv, json: one row per module and phase)")
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -174,14 +180,15 @@ def cmd_measure(args: argparse.Namespace) -> int:
         if not reference.validity.checks.get("complete", True):  # Ctrl-C while measuring it: keep it, stop there
             if json_file:
                 json_file.write_text(reference.to_json())
-            return _show(reference, json_file)
-    return _show(run(backend, count_flops=not args.no_flops, checkpoint=json_file, reference=reference), json_file)
+            return _show(reference, json_file, args.format)
+    result = run(backend, count_flops=not args.no_flops, checkpoint=json_file, reference=reference)
+    return _show(result, json_file, args.format)
 
 
-def _show(result: MeasureResult, json_file: OutputFile | None) -> int:
-    """Print a measurement (and where its JSON went); exit code 130 for one cut short by Ctrl-C."""
+def _show(result: MeasureResult, json_file: OutputFile | None, fmt: str) -> int:
+    """Print a measurement in ``fmt`` (and where its JSON went); exit code 130 for one cut short by Ctrl-C."""
     if is_main_process():  # under `accelerate launch` every process holds the same result: one prints it
-        print(result)
+        print(result if fmt == "text" else render([result.summary()], fmt))
         if json_file:
             print(f"wrote {json_file}", file=sys.stderr)
     return 130 if not result.validity.checks.get("complete", True) else 0
@@ -192,9 +199,9 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--task", help="task name (coco, scienceqa, textvqa, synthetic-coco, ...)")
     data.add_argument("--data", help="folder with samples.jsonl (image, prompt, references[, id] per line)")
-    p.add_argument("--limit", type=int, default=None, help="first N samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None, help="first N samples (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="which samples a synthetic task draws")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per generate call")
     p.add_argument("--source", default=None, help="where a named task's data is: hub id, save_to_disk folder or folder "
                                                   "with samples.jsonl (default: the task's hub id; docs/tasks.md)")
     p.add_argument("--split", default=None, help="dataset split (default: the one lmms-eval evaluates)")
@@ -215,6 +222,7 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="write the whole result here (also rewritten during the run)")
     p.add_argument("--reference", default=None, help="a result JSON on the same samples: report the drift from it "
                                                      "(without it, --quantize first measures the backend unquantised)")
+    _add_format_arg(p, "the result (md, csv, json: one row of its main figures; --json keeps everything)")
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
@@ -232,7 +240,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 def _add_flops_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="llava-hf/llava-1.5-7b-hf",
                    help="hub id or local folder; the shipped 7B config is used offline (default: llava-1.5-7b-hf)")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="prompts per forward")
     p.add_argument("--text-tokens", type=int, default=204, help="prompt tokens besides the image tokens")
     p.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: the model's own)")
     p.add_argument("--logits", choices=("all", "last"), default="all",
@@ -243,7 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import cli
 
     return cli(args.model, args.limit, args.batch_size, args.out, args.backends, not args.no_quantized, args.task,
-               args.source)
+               args.source, args.format)
 
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
@@ -254,9 +262,12 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
                                                 "textvqa with --model llava-hf/llava-1.5-7b-hf")
     p.add_argument("--source", default=None, help="where a named task's data lives: a save_to_disk folder or a folder "
                                                   "with samples.jsonl (default: the hub)")
-    p.add_argument("--limit", type=int, default=8, help="samples per task (default 8)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--out", default=None, help="folder for the JSON results (default: llava-accel-demo-TIMESTAMP)")
+    p.add_argument("--limit", type=int, default=None, help="samples per task (default: 5 timed batches, the "
+                                                            "fewest a valid measurement needs)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per generate call (default 1)")
+    p.add_argument("--out", default=None, help="folder for the JSON results (default: runs/demo-TIMESTAMP in the "
+                                               "working directory)")
+    _add_format_arg(p, "the table")
     p.add_argument("--no-quantized", action="store_true",
                    help="leave out the cpu backend's quantised rows (int8, int8-dynamic, int4)")
 
@@ -305,7 +316,8 @@ def _add_eagle_train_args(p: argparse.ArgumentParser) -> None:
 
 # name -> (function, help, adds the command's arguments). A new subcommand is one function and one row here.
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]] = {
-    "backends": (cmd_backends, "list the backends and whether each can run here", lambda p: None),
+    "backends": (cmd_backends, "list the backends and whether each can run here",
+                 lambda p: _add_format_arg(p, "the list")),
     "demo": (cmd_demo, "every backend that runs here on the synthetic tasks: one comparison table", _add_demo_args),
     "generate": (cmd_generate, "answer one prompt about one image", _add_generate_args),
     "eagle-train": (cmd_eagle_train, "train an EAGLE draft head for a model", _add_eagle_train_args),
@@ -317,11 +329,42 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
 }
 
 
+def _add_format_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--format", default="text", choices=FORMATS,
+                   help=f"how to print {what}: aligned text, Markdown, CSV or JSON")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already names it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or any(action.default is x for x in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+DESCRIPTION = "Fast LLaVA-1.5 inference backends, measured: quality, latency, energy and FLOPs."
+EPILOG = """examples:
+  llava-accel backends
+  llava-accel demo
+  llava-accel measure --backend cpu --task synthetic-textvqa --limit 16 --format md
+  llava-accel COMMAND -h        options of one command
+
+Errors caused by input or machine are one line on stderr, exit status 2. Documentation: README.md and docs/."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llava-accel", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="llava-accel", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (func, help_, add_args) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, description=help_[:1].upper() + help_[1:] + ".",
+                           formatter_class=_HelpFormatter)
         p.set_defaults(func=func)
         add_args(p)
     return parser

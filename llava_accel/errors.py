@@ -38,3 +38,8 @@ class PromptTooLongError(LlavaAccelError):
 
 class MetricUnavailableError(LlavaAccelError):
     """A metric option that needs a package or runtime that is not here (pycocoevalcap's Java tools)."""
+
+
+def install_hint(extra: str) -> str:
+    """How to get an optional extra: the package is installed from a checkout (it is not on a package index)."""
+    return f"pip install -e '.[{extra}]' in a llava_accel checkout"

@@ -267,7 +267,7 @@ class _Run:
                 prefill, decode, rows_steps = prefill + p, decode + d, rows_steps + record.size * (record.steps - 1)
             total = prefill + decode
             wall = sum(r.latency_s for r in self.records)
-            peak = device_peak(self.backend.device, self.backend.dtype)
+            peak = device_peak(self.backend.device)
             achieved = total / wall if wall else None
             self.flops = FlopsResult(
                 counter="torch.utils.flop_counter.FlopCounterMode", convention=FLOP_CONVENTION,

@@ -20,13 +20,13 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, install_hint
 
 MODES = ("int8", "int8-dynamic", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)  # the largest one that divides a layer's input width is used (gpt-fast: 128)
 LANGUAGE_PARTS = ("model.language_model", "lm_head")
 VISION_PARTS = ("model.vision_tower", "model.multi_modal_projector")
-INSTALL_HINT = "pip install 'llava-accel[quantize]'"
+INSTALL_HINT = install_hint("quantize")
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,29 @@ class MeasureResult:
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 
+    def summary(self) -> dict[str, Any]:
+        """One flat row (units in the keys): what ``--format csv|md|json`` prints, one column per figure."""
+        c, b, lat, en, fl = self.config, self.config.get("backend", {}), self.latency, self.energy, self.flops
+        ms = lambda st, f: None if st is None else getattr(st, f) * 1e3  # noqa: E731
+        return {
+            "backend": b.get("backend"), "device": b.get("device"), "dtype": b.get("dtype"),
+            "quantize": b.get("quantize"), "model": b.get("model"), "weights": b.get("weights"),
+            "task": c.get("dataset"), "samples": c.get("samples"), "batch_size": c.get("batch_size"),
+            "wer_percent": self.wer, **self.native,
+            "latency_ms_per_batch": ms(lat.per_batch, "mean"), "latency_ms_per_batch_sd": ms(lat.per_batch, "stdev"),
+            "latency_ms_per_batch_p90": ms(lat.per_batch, "p90"),
+            "latency_ms_per_sample": None if lat.per_sample_s is None else lat.per_sample_s * 1e3,
+            "ttft_ms": ms(lat.ttft, "mean"), "ttft_ms_sd": ms(lat.ttft, "stdev"),
+            "ms_per_token": ms(lat.tpot, "mean"), "ms_per_token_sd": ms(lat.tpot, "stdev"),
+            "tokens_per_s": lat.tokens_per_s, "timed_batches": lat.timed_batches,
+            "energy_j_per_sample": en.joules_per_sample,
+            "energy": en.source if en.label == en.source else f"{en.label} ({en.source})",
+            "prefill_flops_per_sample": fl.prefill_per_sample if fl else None,
+            "mfu_percent": None if fl is None or fl.mfu is None else 100 * fl.mfu,
+            "identical_to_reference": self.drift.identical if self.drift else None,
+            "rss_peak_mib": None if self.memory.rss_peak_bytes is None else self.memory.rss_peak_bytes / 2**20,
+            "valid": self.validity.valid, "reasons": list(self.validity.reasons)}
+
     def __str__(self) -> str:
         return format_table(self)
 

@@ -39,3 +39,42 @@ def test_errors_are_one_line(capsys, image_file, args, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("llava-accel: error: ") and message in err and err.count("\n") == 1
+
+
+def test_version(capsys):
+    import llava_accel
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"llava-accel {llava_accel.__version__}"
+
+
+def test_help_describes_every_command_and_shows_defaults(capsys):
+    from llava_accel.cli import COMMANDS
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top and all(name in top for name in COMMANDS)
+    for name, (_, summary, _) in COMMANDS.items():
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert summary[:1].upper() + summary[1:] in text
+    with pytest.raises(SystemExit):
+        main(["measure", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, shown in (("--backend BACKEND", "(default: cpu)"), ("--batch-size BATCH_SIZE", "(default: 1)"),
+                        ("--seed SEED", "(default: 0)")):
+        assert shown in text.split(flag, 2)[2].split(" --")[0], flag  # the option's own help line, not usage
+
+
+def test_backends_as_csv_and_json(capsys):
+    import json
+
+    assert main(["backends", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "name,available,why_not,package" and any(line.startswith("cpu,True,") for line in lines)
+    assert main(["backends", "--format", "json"]) == 0
+    assert {"name": "cpu", "available": True, "why_not": None, "package": "llava-accel"} in json.loads(
+        capsys.readouterr().out)

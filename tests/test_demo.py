@@ -1,7 +1,7 @@
 """``llava-accel demo`` end to end on the CPU: every row of the table, the JSON it writes, and skipped backends."""
 
 import json
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from llava_accel.cli import main
@@ -59,9 +59,46 @@ def test_demo_defaults_to_every_backend_that_runs_here_reference_first_quantised
 
 def test_demo_command_prints_the_table(tmp_path, capsys):
     assert main(["demo", "--backends", "cpu", "--limit", "1", "--batch-size", "1", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"results go to {tmp_path}/" in err
     assert "ms/sample" in out and "GFLOP/sample" in out and str(tmp_path) in out
     assert len(list(tmp_path.glob("cpu-synthetic-*.json"))) == 3
+    head, first = out.splitlines()[:2]
+    assert head.split()[4] == "batch" and head.split()[-1] == "valid"
+    assert first.split()[4] == "1" and first.split()[-1] == "NO" and " ±" in first  # one timed batch: not valid
+    # the reason is named once, with every row it holds for
+    assert "not valid, 1 full timed batches, fewer than 5: cpu coco, cpu textvqa, cpu scienceqa" in out
+
+
+def test_demo_defaults_give_enough_timed_batches_and_write_under_runs(tmp_path, monkeypatch, capsys):
+    import llava_accel.demo as demo
+    from llava_accel.measure import MIN_TIMED_BATCHES
+
+    seen = {}
+
+    def fake_run_demo(model, tasks, limit, batch_size, out_dir, backends, source):
+        seen.update(limit=limit, batch_size=batch_size, out_dir=out_dir)
+        return [], out_dir
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--backends", "cpu"]) == 0
+    # the timed batches a valid result needs (the warm-up batch reruns the first one)
+    assert seen["limit"] // seen["batch_size"] >= MIN_TIMED_BATCHES
+    assert seen["out_dir"] is None  # run_demo picks runs/demo-TIMESTAMP
+    assert demo.default_out_dir().parts[0] == "runs" and demo.default_out_dir().name.startswith("demo-")
+
+
+def test_demo_rows_in_other_formats():
+    from llava_accel.formats import render
+
+    rows = [DemoRow("cpu", "synthetic-coco", "cpu", "float32", 1, 0.0, "cider 6.3", 10.0, 0.5, valid=False,
+                    reasons=["2 full timed batches, fewer than 5: pass more samples"])]
+    dicts = [asdict(r) for r in rows]
+    assert json.loads(render(dicts, "json"))[0]["latency_ms_per_sample_sd"] == 0.5
+    header, line = render(dicts, "csv").splitlines()
+    assert header.split(",")[:5] == ["backend", "task", "device", "dtype", "batch_size"]
+    assert line.startswith("cpu,synthetic-coco,cpu,float32,1,") and ",False," in line
+    md = render(dicts, "md").splitlines()
+    assert md[0].startswith("| backend | task |") and md[1].startswith("|---|") and "| no |" in md[2]
 
 
 def test_demo_on_a_named_task_from_a_folder(tmp_path, capsys):

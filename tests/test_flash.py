@@ -13,7 +13,7 @@ requires_flash = pytest.mark.skipif(not (HAS_FLASH and torch.cuda.is_available()
 
 @pytest.mark.skipif(HAS_FLASH or torch.cuda.is_available(), reason="this machine has flash-attn or CUDA")
 def test_unavailable_here_with_one_line_reason():
-    reason = (f"needs the flash-attn package (pip install 'llava-accel[flash]'); "
+    reason = (f"needs the flash-attn package (pip install -e '.[flash]' in a llava_accel checkout); "
               f"a CUDA GPU (torch {torch.__version__} is a CPU-only build)")
     info = {i.name: i for i in la.list_backends()}["flash"]
     assert not info.available and info.reason == reason

@@ -123,3 +123,19 @@ def test_ctrl_c_while_measuring_the_unquantised_reference_keeps_it_and_stops(tmp
                  "--quantize", "int8", "--json", str(out)]) == 130
     assert "interrupted after 1 of 4 batches" in capsys.readouterr().out and quantised.calls == 0
     assert len(json.loads(out.read_text())["predictions"]) == 1
+
+
+def test_measure_as_csv_markdown_and_json_rows(capsys):
+    args = ["measure", "--task", "synthetic-textvqa", "--limit", "2", "--max-new-tokens", "3", "--warmup", "1",
+            "--no-flops"]
+    assert main(args + ["--format", "csv"]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    row = dict(zip(header.split(","), line.split(",")))
+    assert row["backend"] == "cpu" and row["task"] == "synthetic-textvqa" and row["batch_size"] == "1"
+    assert float(row["latency_ms_per_sample"]) > 0 and row["valid"] == "False" and "vqa_accuracy" in row
+    assert main(args + ["--format", "json"]) == 0
+    (summary,) = json.loads(capsys.readouterr().out)
+    assert summary["timed_batches"] == 2 and summary["reasons"] and summary["prefill_flops_per_sample"] is None
+    assert main(args + ["--format", "md"]) == 0
+    md = capsys.readouterr().out.splitlines()
+    assert md[0].startswith("| backend | device |") and md[1].startswith("|---|") and len(md) == 3

@@ -158,31 +158,36 @@ def test_fvcore_cross_check_is_close_but_lower(tiny, padded_batch):
     assert 0.5 * ours < theirs < ours
 
 
-@pytest.mark.parametrize("name, dtype, tflops", [
-    ("NVIDIA H200", torch.bfloat16, 989.4),
-    ("NVIDIA GH200 480GB", torch.float16, 989.4),
-    ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.4),
-    ("NVIDIA H100 PCIe", torch.float16, 756.0),
-    ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312.0),
-    ("NVIDIA L40S", torch.float16, 362.0),
-    ("NVIDIA L4", torch.bfloat16, 121.0),
-    ("Tesla T4", torch.float16, 65.0),
-    ("Tesla T4", torch.bfloat16, None),  # no bf16 tensor cores
-    ("NVIDIA A10G", torch.float16, None),  # not in the table: no guess
-    ("NVIDIA H200", torch.float32, None),  # fp16/bf16 peaks only
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H200", 989.4),
+    ("NVIDIA GH200 480GB", 989.4),
+    ("NVIDIA H100 80GB HBM3", 989.4),
+    ("NVIDIA H100 PCIe", 756.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0),
+    ("NVIDIA L40S", 362.0),
+    ("NVIDIA L4", 121.0),
+    ("Tesla T4", 65.0),
+    ("NVIDIA A10G", None),  # not in the table: no guess
 ])
-def test_gpu_peak_table(name, dtype, tflops):
-    peak = mfu.gpu_peak(name, dtype)
+def test_gpu_peak_table(name, tflops):
+    peak = mfu.gpu_peak(name)
     assert peak.flops_per_s == (None if tflops is None else tflops * 1e12)
     assert peak.source
 
 
-def test_cpu_peak_measured_once_and_cached(tmp_path, monkeypatch):
+def test_cpu_peak_is_the_fastest_dtype_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
-    monkeypatch.setattr(mfu, "measure_matmul_peak", lambda dtype: calls.append(dtype) or 1.5e11)
-    first, second = mfu.device_peak("cpu", torch.float32), mfu.device_peak("cpu", torch.float32)
-    assert first.flops_per_s == second.flops_per_s == 1.5e11 and len(calls) == 1
+    speed = {torch.float32: 1.5e11, torch.bfloat16: 6e8, torch.float16: 1e9}  # bf16 and fp16 emulated
+
+    def fake(dtype, n=mfu.CPU_MATMUL_N, repeats=10):
+        calls.append((dtype, n))
+        return speed[dtype]
+    monkeypatch.setattr(mfu, "measure_matmul_peak", fake)
+    first, second = mfu.device_peak("cpu"), mfu.device_peak("cpu")
+    assert first.flops_per_s == second.flops_per_s == 1.5e11  # one peak for every dtype: the fastest
+    assert "in float32, the fastest of float32, bfloat16, float16" in first.source
+    assert calls == [(dt, mfu.CPU_SCREEN_N) for dt in mfu.CPU_DTYPES] + [(torch.float32, mfu.CPU_MATMUL_N)]
     assert (tmp_path / "llava_accel" / "cpu_peak.json").exists() and "measured" in first.source
 
 

@@ -57,6 +57,9 @@ def test_parts_add_up_to_the_whole_forward(profile, phase):
         parts = sum(p.seconds[i] for p in top)
         assert bound * whole <= parts <= whole * 1.0001, (phase, BATCH_SIZES[i], parts, whole)
     assert {p.name for p in top} == {"model", "lm_head"}
+    # every time has its spread over the same runs (the report's claims need it to tell a finding from noise)
+    assert len(ph.whole_spread_s) == len(BATCH_SIZES) and all(len(p.spread_s) == len(BATCH_SIZES) for p in ph.parts)
+    assert all(s >= 0 for p in ph.parts for s in p.spread_s)
     inside = {p.name for p in ph.parts if p.parent == "model"}
     # nesting as observed: LlavaModel embeds the tokens itself, outside the language model
     assert inside == {"language.embed_tokens", "language"} | ({"vision", "projector"} if phase == "prefill" else set())
@@ -91,6 +94,11 @@ def test_table_lists_every_module_with_fit_and_share(profile):
     assert all(r[header.index("R²")] != "" for r in rows)  # two batch sizes: every module has a fit
     text = profile.table()
     assert all(p.name in text for ph in profile.phases for p in ph.parts)
+    md = profile.formatted("md")
+    assert md.startswith("**prefill**") and "**decode**" in md and "| module | kind |" in md
+    csv_lines = profile.formatted("csv").splitlines()
+    assert csv_lines[0].startswith("phase,module,kind,") and len(csv_lines) == 1 + sum(
+        len(layer_table(profile, ph.phase)[1]) for ph in profile.phases)
 
 
 def test_fit_line_is_exact_least_squares():

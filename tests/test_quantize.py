@@ -134,7 +134,7 @@ def test_no_kernel_on_device_and_missing_library_are_one_line(monkeypatch):
     assert "bfloat16 only, not float16" in q.unsupported_reason("int4", "cuda", torch.float16)
     monkeypatch.setattr(q.importlib.util, "find_spec", lambda name: None)
     assert q.unsupported_reason("int4", "cpu", torch.bfloat16) == \
-        "quantize='int4' on cpu needs the 'torchao' package (pip install 'llava-accel[quantize]')"
+        "quantize='int4' on cpu needs the 'torchao' package (pip install -e '.[quantize]' in a llava_accel checkout)"
 
     def no_optimum(name):
         raise ModuleNotFoundError("No module named 'optimum'")

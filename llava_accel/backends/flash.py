@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..errors import LlavaAccelError
+from ..errors import LlavaAccelError, install_hint
 from ..models.loading import LoadedModel
 from .base import missing_cuda, resolve_dtype
 from .eager import EagerBackend
@@ -38,7 +38,7 @@ class FlashBackend(EagerBackend):
                            attention: str | None = None) -> str | None:
         missing = []
         if flash_attn_version() is None:
-            missing.append("the flash-attn package (pip install 'llava-accel[flash]')")
+            missing.append(f"the flash-attn package ({install_hint('flash')})")
         device = str(device or cls.default_device)
         if not device.startswith("cuda"):
             missing.append(f"a CUDA device (FlashAttention-2 has no '{device}' kernels)")

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import LlavaAccelError, ModelNotFoundError
 from ..outputs import check_folder
+from ..quiet import quiet_loading
 
 DEFAULT_MODEL = str(Path(__file__).parent / "default")
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
@@ -107,9 +108,10 @@ def load_model(model: str | None, device: torch.device, dtype: torch.dtype, atte
     else:
         raise LlavaAccelError(f"unknown device_map '{device_map}'; use one of {', '.join(DEVICE_MAPS)}")
     try:
-        net = LlavaForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, attn_implementation=attention, use_safetensors=True, trust_remote_code=False,
-            **placement)
+        with quiet_loading():
+            net = LlavaForConditionalGeneration.from_pretrained(
+                path, dtype=dtype, attn_implementation=attention, use_safetensors=True, trust_remote_code=False,
+                **placement)
     except ImportError as exc:
         raise LlavaAccelError(f"attention '{attention}' cannot be used here: {str(exc).splitlines()[0]}") from None
     except OSError as exc:

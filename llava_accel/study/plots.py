@@ -56,6 +56,15 @@ def _lines(ax, lines: dict[str, list[Row]], along: str, value: Callable[[Row], f
     ax.legend(fontsize=7)
 
 
+def _wer_axis(ax, values: Sequence[float | None]) -> None:
+    """WER from 0 up: all-zero WER is drawn on the axis with a note, not on an empty +-0.04 axis."""
+    top = max([v for v in values if v is not None], default=0.0)
+    ax.set_ylim(0, max(1.0, top * 1.1))
+    if top == 0:
+        ax.text(0.5, 0.5, "WER 0 % everywhere", transform=ax.transAxes, ha="center", va="center", fontsize=9,
+                color="0.4")
+
+
 def _log_x(ax, ticks: Sequence[float] | None = None) -> None:
     """Log x axis with plain numbers as tick labels (matplotlib's default 10^k labels are slow mathtext)."""
     from matplotlib.ticker import NullFormatter, ScalarFormatter
@@ -104,20 +113,23 @@ def energy_vs_batch(rows: Sequence[Row], path: Path) -> Drawn:
 
 
 def quality_vs_input_len(rows: Sequence[Row], path: Path) -> Drawn:
+    """WER, then one panel per native metric (CIDEr's 0-10 and accuracies' 0-1 do not share an axis)."""
     lines = _series([r for r in rows if r.max_input_len], "max_input_len")
     if not lines:
         return None, "needs one configuration measured at 2 or more max_input_len values"
-    fig, (a, b) = _figure(2)
-    _lines(a, lines, "max_input_len", lambda r: r.wer)
-    native = {label: rs for label, rs in lines.items() if rs[0].native}
-    _lines(b, native, "max_input_len", lambda r: next(iter(r.native.values()), None),
-           suffix=lambda r: f" ({next(iter(r.native), '')})")
-    a.set_ylabel("WER (%)")
-    b.set_ylabel("native metric (name in legend)")
-    for ax in (a, b):
+    metrics = sorted({m for rs in lines.values() for r in rs for m in r.native})
+    fig, axes = _figure(1 + len(metrics), 5.0)
+    _lines(axes[0], lines, "max_input_len", lambda r: r.wer)
+    _wer_axis(axes[0], [r.wer for rs in lines.values() for r in rs])
+    axes[0].set_ylabel("WER (%)")
+    for ax, metric in zip(axes[1:], metrics):
+        with_metric = {label: rs for label, rs in lines.items() if any(metric in r.native for r in rs)}
+        _lines(ax, with_metric, "max_input_len", lambda r: r.native.get(metric))
+        ax.set_ylabel(metric)
+    for ax in axes:
         ax.set_xlabel("max_input_len (text tokens)")
     fig.suptitle(_title(rows, "Quality vs max_input_len, per task"), fontsize=9)
-    return _save(fig, path), "WER and each task's native metric against max_input_len, one line per task"
+    return _save(fig, path), "WER and each task's native metric (a panel each) against max_input_len, a line per task"
 
 
 def backends_side_by_side(rows: Sequence[Row], path: Path) -> Drawn:
@@ -147,6 +159,8 @@ def backends_side_by_side(rows: Sequence[Row], path: Path) -> Drawn:
                 bar.set_hatch(h)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(workloads))], list(workloads), fontsize=7, rotation=15)
         ax.set_ylabel(what)
+        if what.startswith("WER"):
+            _wer_axis(ax, [r.wer for rs in workloads.values() for r in rs])
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=7)
     fig.suptitle(_title(rows, "Backends side by side (hatched energy: estimated)"), fontsize=9)
@@ -171,6 +185,7 @@ def pareto(rows: Sequence[Row], cost: str, path: Path) -> Drawn:
         estimated = cost == "energy" and any(r.estimated for r in scored)
         ax.set_xlabel(f"{name} ({unit}){' [estimated]' if estimated else ''}")
         ax.set_ylabel("WER (%), lower is better")
+        _wer_axis(ax, [r.wer for r in scored])
         ax.set_title(task, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -178,32 +193,43 @@ def pareto(rows: Sequence[Row], cost: str, path: Path) -> Drawn:
     return _save(fig, path), f"WER against {name} per sample for every configuration, with the Pareto front"
 
 
-# parts of a profile grouped for the stacked bars, by their kind
+# parts of a profile grouped for the stacked bars, by their kind; each group keeps its colour in every panel
 LAYER_GROUPS = (("patch-embedding conv", {"patch-embedding conv"}), ("vision layers", {"vision layer"}),
                 ("projector", {"projector"}), ("attention", {"attention"}), ("MLP", {"mlp"}),
                 ("LM head", {"lm head"}))
+GROUP_COLORS = {label: f"C{i}" for i, (label, _) in enumerate(LAYER_GROUPS)}
+REST = ("everything else (norms, embeddings, glue)", "0.8")
 
 
-def layer_breakdown(profile: LayerProfile, path: Path) -> Drawn:
+def layer_figure(profile: LayerProfile):
+    """One panel per phase, the parts' times stacked per batch size; the legend lists every group drawn."""
+    from matplotlib.patches import Patch
+
     fig, axes = _figure(2, 5.5, 4.5)
     bs = profile.batch_sizes
+    drawn: set[str] = set()
     for ax, ph in zip(axes, profile.phases):
         bottom = [0.0] * len(bs)
-        covered = [0.0] * len(bs)
         for label, kinds in LAYER_GROUPS:
             ms = [sum(p.seconds[i] for p in ph.parts if p.kind in kinds) * 1e3 for i in range(len(bs))]
             if any(ms):
-                ax.bar([str(b) for b in bs], ms, bottom=bottom, label=label)
+                ax.bar([str(b) for b in bs], ms, bottom=bottom, label=label, color=GROUP_COLORS[label])
                 bottom = [x + y for x, y in zip(bottom, ms)]
-                covered = [x + y for x, y in zip(covered, ms)]
-        rest = [w * 1e3 - c for w, c in zip(ph.whole_s, covered)]
-        ax.bar([str(b) for b in bs], rest, bottom=bottom, label="everything else (norms, embeddings, glue)",
-               color="0.8")
+                drawn.add(label)
+        rest = [w * 1e3 - c for w, c in zip(ph.whole_s, bottom)]
+        ax.bar([str(b) for b in bs], rest, bottom=bottom, label=REST[0], color=REST[1])
         ax.set_xlabel("batch size")
         ax.set_ylabel(f"{ph.phase} forward time (ms)")
         ax.set_title(f"{ph.phase} ({'one decode step' if ph.phase == 'decode' else 'prompt + image'})", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7)
+    legend = [(label, GROUP_COLORS[label]) for label, _ in LAYER_GROUPS if label in drawn] + [REST]
+    fig.legend([Patch(color=c) for _, c in legend], [label for label, _ in legend], loc="outside right upper",
+               fontsize=7)
+    return fig
+
+
+def layer_breakdown(profile: LayerProfile, path: Path) -> Drawn:
+    fig = layer_figure(profile)
     b = profile.backend
     img = f"{profile.img_size} px" if profile.img_size else "native size"
     tiny = b.get("weights") in TINY_WEIGHTS

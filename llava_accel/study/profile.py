@@ -22,6 +22,7 @@ import torch
 
 from ..metrics.flops import flop_counter, image_token_id
 from ..metrics.mfu import cpu_model, device_peak
+from ..quiet import drop_stderr_lines
 from ..models.compat import cache_kwarg, output_cache
 from .tables import format_table
 
@@ -78,7 +79,7 @@ class ProfilerTimer:
 
     @contextmanager
     def session(self) -> Iterator[None]:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with drop_stderr_lines(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             yield
         self._prof = prof
 
@@ -186,6 +187,7 @@ class PartResult:
     seconds: list[float]  # per forward (mean over the faster half of the repeats)
     flops: list[float]  # per forward, 2 FLOPs per multiply-add
     fit: Fit | None = None
+    spread_s: list[float] = field(default_factory=list)  # standard deviation over those runs (empty: not recorded)
 
 
 @dataclass
@@ -196,6 +198,7 @@ class PhaseResult:
     unprofiled_s: list[float]  # the whole forward with no hooks and no profiler: the timer's overhead is the gap
     flops: list[float]
     parts: list[PartResult] = field(default_factory=list)
+    whole_spread_s: list[float] = field(default_factory=list)  # whole_s's standard deviation over the same runs
 
     def part(self, name: str) -> PartResult:
         return next(p for p in self.parts if p.name == name)
@@ -212,7 +215,7 @@ class LayerProfile:
     image_tokens: int
     phases: list[PhaseResult]
     machine: str = ""
-    peak_flops_per_s: float | None = None  # the device's peak for this dtype (see metrics.mfu), for MFU
+    peak_flops_per_s: float | None = None  # the device's peak in its fastest dtype (metrics.mfu)
     peak_source: str = ""
     flop_counter: str = "torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add), attention included"
 
@@ -229,6 +232,19 @@ class LayerProfile:
             parts = [PartResult(**{**p, "fit": Fit(**p["fit"]) if p.get("fit") else None}) for p in ph["parts"]]
             phases.append(PhaseResult(**{**ph, "parts": parts}))
         return cls(**{k: v for k, v in d.items() if k != "kind"} | {"phases": phases})
+
+    def formatted(self, fmt: str) -> str:
+        """The per-layer tables as Markdown (one per phase), or CSV / JSON rows (the phase a column)."""
+        from ..formats import render
+
+        if fmt == "md":
+            return "\n\n".join(f"**{ph.phase}**\n\n" + format_table(*layer_table(self, ph.phase))
+                                 for ph in self.phases)
+        rows = []
+        for ph in self.phases:
+            header, body = layer_table(self, ph.phase)
+            rows += [{"phase": ph.phase, **dict(zip(header, [c.strip() for c in line]))} for line in body]
+        return render(rows, fmt)
 
     def table(self) -> str:
         """A plain-text table per phase, the largest batch size's share and FLOP/s."""
@@ -294,6 +310,14 @@ def _mean_over(calls: list[float], runs: list[int], repeats: int) -> float:
         return 0.0
     per_run = len(calls) // repeats
     return sum(sum(calls[r * per_run:(r + 1) * per_run]) for r in runs) / len(runs)
+
+
+def _spread_over(calls: list[float], runs: list[int], repeats: int) -> float:
+    """Standard deviation over ``runs`` of a module's time per forward (0 with fewer than 2 runs)."""
+    if not calls or len(runs) < 2:
+        return 0.0
+    per_run = len(calls) // repeats
+    return statistics.stdev(sum(calls[r * per_run:(r + 1) * per_run]) for r in runs)
 
 
 def _mean_time(run: Callable[[], Any], repeats: int, device: torch.device,
@@ -381,6 +405,7 @@ def profile_layers(backend: Any, samples: Sequence[Any], batch_sizes: Sequence[i
                 calls = timer.calls()
                 kept = _steady_runs(calls[FORWARD])
                 ph.whole_s.append(_mean_over(calls[FORWARD], kept, repeats))
+                ph.whole_spread_s.append(_spread_over(calls[FORWARD], kept, repeats))
                 total, flops = _module_flops(model, run, parts)
                 if reset:
                     reset()
@@ -388,12 +413,13 @@ def profile_layers(backend: Any, samples: Sequence[Any], batch_sizes: Sequence[i
                 for name, parent in parents.items():  # the parts that ran, in the order they started
                     pr = per_phase[phase].setdefault(name, PartResult(name, kinds[name], parent, [], []))
                     pr.seconds.append(_mean_over(calls[name], kept, repeats))
+                    pr.spread_s.append(_spread_over(calls[name], kept, repeats))
                     pr.flops.append(flops[name])
     for phase, ph in phases.items():
         ph.parts = list(per_phase[phase].values())
         for pr in ph.parts:
             pr.fit = fit_line(batch_sizes, pr.seconds)
-    peak = device_peak(device, backend.dtype)
+    peak = device_peak(device)
     return LayerProfile(backend=backend.describe(), timer=timer_cls.source, batch_sizes=list(batch_sizes),
                         repeats=repeats, task=samples[0].task if samples else "", img_size=img_size,
                         image_tokens=image_tokens, phases=list(phases.values()), machine=_machine(device),
@@ -415,7 +441,14 @@ COMPONENTS = (("prefill", "vision", "vision tower"), ("prefill", "projector", "p
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3g} ms"
+    """Milliseconds as a plain number (no 1.28e+03)."""
+    ms = seconds * 1e3
+    return f"{ms:.0f} ms" if abs(ms) >= 100 else f"{ms:.3g} ms"
+
+
+def _noise(spreads: Sequence[float]) -> float | None:
+    """Two standard deviations of the noisier measurement: a difference smaller than this is not a finding."""
+    return 2 * max(spreads) if spreads else None
 
 
 def answer_claims(profiles: Sequence[LayerProfile]) -> list[str]:
@@ -464,12 +497,24 @@ def _batch_claim(p: LayerProfile) -> str:
         if part is None or part.fit is None:
             continue
         fit, t0, t1 = part.fit, part.seconds[0], part.seconds[-1]
-        linear = "linear" if fit.r2 >= LINEAR_R2 else "not linear"
+        noise = _noise(part.spread_s)
+        worst = max(abs(t - fit.a_s - fit.b_s * b) for t, b in zip(part.seconds, p.batch_sizes))
+        if fit.r2 >= LINEAR_R2:
+            verdict = "linear"
+        elif noise is None:
+            verdict = "not linear by R², but the spread was not recorded: not a finding"
+        elif worst <= noise:
+            verdict = f"linear within the measured spread (largest deviation {_ms(worst)} ≤ 2 sd = {_ms(noise)})"
+        else:
+            verdict = f"not linear (deviation {_ms(worst)} > 2 sd = {_ms(noise)})"
+        if noise is not None and abs(t1 - t0) <= noise:
+            verdict = f"no change with batch beyond the spread ({_ms(abs(t1 - t0))} ≤ 2 sd = {_ms(noise)})"
         lines.append(f"{label}: {_ms(t0)} at batch {b0}, {_ms(t1)} at batch {b1} ({t1 / t0:.2g}x time for "
                      f"{b1 / b0:.2g}x samples); fit a = {_ms(fit.a_s)}, b = {_ms(fit.b_s)}/sample, "
-                     f"R² = {fit.r2:.3f}: {linear}")
-    return (f"- *Does each part scale linearly with batch?* (linear: R² ≥ {LINEAR_R2}; a > 0 is a fixed cost that "
-            "batching spreads over the samples) " + "; ".join(lines) + ".")
+                     f"R² = {fit.r2:.3f}: {verdict}")
+    return (f"- *Does each part scale linearly with batch?* (linear: R² ≥ {LINEAR_R2}, or every point within two "
+            "standard deviations of the fit; a > 0 is a fixed cost that batching spreads over the samples) "
+            + "; ".join(lines) + ".")
 
 
 def _image_claim(group: Sequence[LayerProfile]) -> str:
@@ -486,5 +531,15 @@ def _image_claim(group: Sequence[LayerProfile]) -> str:
                      f"{_ms(vision.seconds[i]) if vision else 'n/a'}, prefill {_ms(pre.whole_s[i])} "
                      f"({pre.flops[i] / 1e9:.4g} GFLOP), decode step {_ms(p.phase('decode').whole_s[i])}")
     b = group[0].batch_sizes[i]
+    small, large = group[0].phase("prefill"), group[-1].phase("prefill")
+    gap = large.whole_s[i] - small.whole_s[i]
+    noise = _noise([ph.whole_spread_s[i] for ph in (small, large) if ph.whole_spread_s])
+    if noise is None or len([ph for ph in (small, large) if ph.whole_spread_s]) < 2:
+        finding = "the spread was not recorded, so the prefill difference is not a finding"
+    elif abs(gap) <= noise:
+        finding = (f"the prefill difference ({_ms(gap)}) is within the measured spread (2 sd = {_ms(noise)}): no "
+                   "measured effect at this size")
+    else:
+        finding = f"the prefill difference ({_ms(gap)}) exceeds the measured spread (2 sd = {_ms(noise)})"
     return (f"- *What does the image size change?* The number of image tokens, and with it the prefill and every "
-            f"decode step's attention; at batch {b}: " + "; ".join(lines) + ".")
+            f"decode step's attention; at batch {b}: " + "; ".join(lines) + f"; {finding}.")

@@ -54,8 +54,8 @@ COLUMNS: list[tuple[str, Callable[[Row], str]]] = [
     ("prefill FLOPs/batch", lambda r: _si(r.prefill_flops_batch, "FLOP", 4)),
     ("native metric", lambda r: ", ".join(f"{k} {v:.4g}" for k, v in r.native.items()) or "n/a"),
     ("latency s/sample", lambda r: _num(r.latency_sample_s)),
-    ("TTFT s", lambda r: _num(r.ttft_s)),
-    ("s/output token", lambda r: _num(r.tpot_s)),
+    ("TTFT ms", lambda r: _num(r.ttft_s and r.ttft_s * 1e3)),
+    ("ms/output token", lambda r: _num(r.tpot_s and r.tpot_s * 1e3)),
     ("tokens/s", lambda r: _num(r.tokens_per_s)),
     ("energy J/batch", lambda r: _energy(r, r.energy_batch_j)),
     ("energy source", _energy_source),
@@ -85,9 +85,20 @@ def grid_table(rows: Sequence[Row]) -> tuple[str, str]:
     header = [DIM_HEADERS[d] for d in dims] + [h for h, _ in COLUMNS]
     body = [[str(getattr(r, d)) for d in dims] + [cell(r) for _, cell in COLUMNS]
             for r in sorted(rows, key=_sort_key(dims))]
-    invalid = sorted({reason for r in rows for reason in r.reasons})
-    notes = "".join(f"\n- not valid: {reason}" for reason in invalid)
-    return caption, format_table(header, body) + ("\n" + notes if notes else "")
+    return caption, format_table(header, body) + validity_notes(sorted(rows, key=_sort_key(dims)), dims)
+
+
+def validity_notes(rows: Sequence[Row], dims: Sequence[str]) -> str:
+    """Why each `valid: no` row is not valid, grouped by what failed, naming the rows (by their varying
+    dimensions) with their own figures."""
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        name = " ".join(str(getattr(r, d)) for d in dims)
+        for reason in r.reasons:
+            what, _, detail = reason.partition(": ")
+            groups.setdefault(what, []).append(f"{name} ({detail})" if detail else name)
+    return "".join(f"\n\n- not valid, {what}: {'; '.join(where)}" if i == 0 else
+                   f"\n- not valid, {what}: {'; '.join(where)}" for i, (what, where) in enumerate(groups.items()))
 
 
 def _grids(rows: Sequence[Row], failed: Sequence[Row], order: Sequence[str]) -> dict[str, list[Row]]:
@@ -104,13 +115,21 @@ def _grids(rows: Sequence[Row], failed: Sequence[Row], order: Sequence[str]) -> 
 def _recommendations(rows: Sequence[Row], cost: str, budget: float | None) -> list[str]:
     name, unit, get = COSTS[cost]
     out = []
-    for task, rs in by_task(rows).items():
+    for task, measured in by_task(rows).items():
+        # only valid measurements are recommended; with none, the front is shown under a warning
+        rs = [r for r in measured if r.valid] or measured
         front = pareto_front(rs, cost)
         if not front:
             continue
         est = " (estimated)" if cost == "energy" and any(r.estimated for r in front) else ""
+        left_out = len(measured) - len(rs)
         out.append(f"**{task}**, {name} per sample{est}: the Pareto front, cheapest first. With a budget of at least "
-                   f"the first column, the row is the lowest WER within it.")
+                   f"the first column, the row is the lowest WER within it."
+                   + (f" {left_out} configurations whose measurement is not valid are left out." if left_out else ""))
+        if not any(r.valid for r in rs):
+            out.append("")
+            out.append("> **No valid measurement for this task**: the front below is built from measurements that "
+                       "failed their checks (see the tables' notes); treat it as a hint, not a recommendation.")
         out.append("")
         body = [[f"{get(r):.4g}", r.label(CHOICE), _num(r.wer),
                  _num(r.latency_sample_s), _energy(r, r.energy_sample_j)] for r in front]
@@ -154,8 +173,9 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, latency_budge
           "Units: latency is wall clock per batch end to end (preprocessing, generation, decoding; warm-up "
           "excluded), in seconds; energy in joules per sample, `(est.)` when estimated rather than measured (source "
           "in its column); prefill FLOPs per batch is the reference study's FLOP figure (2 FLOPs per multiply-add); "
-          "WER in percent. Definitions: docs/metrics.md. A `valid: no` row failed a check of the measurement "
-          "itself (listed under its table).", ""]
+          "WER in percent; TTFT and time per output token in ms. Definitions: docs/metrics.md. A `valid: no` row "
+          "failed a check of the measurement itself (under its table: which check, for which rows); the "
+          "recommendations use valid rows only.", ""]
     for i, (grid, grid_rows) in enumerate(_grids(rows, res.failed, res.grid_order).items(), 1):
         caption, table = grid_table(grid_rows) if grid_rows else ("", "Nothing measured.")
         missing = [f"- did not finish: {r.label()} ({r.status}; see below)" for r in res.failed if grid in r.grids]

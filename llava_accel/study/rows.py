@@ -62,8 +62,9 @@ class Row:
 
     @property
     def series(self) -> str:
-        """The backend configuration: what a line in a plot stands for."""
-        return " ".join(x for x in (self.backend, self.device, self.dtype) if x)
+        """The backend configuration: what a line in a plot stands for (the device left out when the backend is
+        named for it: "cpu float32", not "cpu cpu float32")."""
+        return " ".join(x for x in (self.backend, "" if self.device == self.backend else self.device, self.dtype) if x)
 
     @property
     def prefill_flops_batch(self) -> float | None:
