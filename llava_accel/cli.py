@@ -7,8 +7,11 @@ import os
 import sys
 from typing import Callable
 
+from .checks import arg, non_negative_int, positive_float, positive_int, prompt
 from .distributed import is_main_process, process_tag
 from .errors import LlavaAccelError
+
+POSITIVE, NON_NEGATIVE, POSITIVE_FLOAT = arg(positive_int), arg(non_negative_int), arg(positive_float, float)
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -74,8 +77,9 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
     _add_backend_args(p)
     p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--prompt", required=True, type=arg(prompt, str), help="the question or instruction (UTF-8 text; "
+                                                                            "the image goes before it by itself)")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=32)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -104,6 +108,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .tasks import load_task
 
     batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
+    _check_img_size(args)
     backend = load_backend(args.backend, model=args.model, **_backend_options(args))
     samples = load_task(args.task, limit=max(batch_sizes), seed=args.seed)
     profile = profile_layers(backend, samples, batch_sizes=batch_sizes, img_size=args.img_size, repeats=args.repeats)
@@ -112,6 +117,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump(profile.to_dict(), f, indent=1)
     return 0
+
+
+def _check_img_size(args: argparse.Namespace) -> None:
+    """An image side the model cannot take fails before it loads (its config is read without the weights)."""
+    if args.img_size is not None:
+        from .image_size import check_img_size
+        from .models.architecture import load_config
+        from .models.loading import DEFAULT_MODEL
+
+        check_img_size(load_config(args.model or DEFAULT_MODEL), args.img_size)
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -128,8 +143,8 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
     _add_backend_args(p)
     p.add_argument("--batch-sizes", default="1,4,8,16", help="comma-separated batch sizes (default 1,4,8,16)")
     p.add_argument("--task", default="synthetic-textvqa", help="task whose images and prompts are fed")
-    p.add_argument("--img-size", type=int, default=None, help="image side in pixels (default: the model's own)")
-    p.add_argument("--repeats", type=int, default=5, help="timed forwards per batch size and phase (mean)")
+    p.add_argument("--img-size", type=POSITIVE, default=None, help="image side in pixels (default: the model's own)")
+    p.add_argument("--repeats", type=POSITIVE, default=5, help="timed forwards per batch size and phase (mean)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the profile as JSON here (input to `llava-accel report`)")
 
@@ -143,7 +158,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from .tasks import load_task
     from .tasks.folder import load_folder
 
-    # bad data fails before the model loads
+    # bad data and options fail before the model loads
+    _check_img_size(args)
     if args.data:
         samples = load_folder(args.data, args.limit)
     else:
@@ -173,19 +189,19 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--task", help="task name (coco, scienceqa, textvqa, synthetic-coco, ...)")
     data.add_argument("--data", help="folder with samples.jsonl (image, prompt, references[, id] per line)")
-    p.add_argument("--limit", type=int, default=None, help="first N samples")
+    p.add_argument("--limit", type=POSITIVE, default=None, help="first N samples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=POSITIVE, default=1)
     p.add_argument("--source", default=None, help="where a named task's data is: hub id, save_to_disk folder or folder "
                                                   "with samples.jsonl (default: the task's hub id; docs/tasks.md)")
     p.add_argument("--split", default=None, help="dataset split (default: the one lmms-eval evaluates)")
-    p.add_argument("--max-input-len", type=int, default=200,
+    p.add_argument("--max-input-len", type=POSITIVE, default=200,
                    help="max text tokens per prompt; longer prompts lose context, then question tail (docs/tasks.md)")
-    p.add_argument("--img-size", type=int, default=None, help="image side in pixels (default: the model's own)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: the task's, else 32)")
+    p.add_argument("--img-size", type=POSITIVE, default=None, help="image side in pixels (default: the model's own)")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=None, help="generation budget (default: the task's, else 32)")
     p.add_argument("--fixed-new-tokens", action="store_true",
                    help="generate exactly --max-new-tokens per answer (equal work for speed comparisons)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=2, help="untimed batches first (default 2)")
     p.add_argument("--no-flops", action="store_true", help="skip the (untimed) FLOP pass")
     p.add_argument("--flop-counter", choices=("torch", "fvcore"), default="torch",
                    help="'fvcore' adds an fvcore cross-check of the prefill count")
@@ -209,9 +225,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
 def _add_flops_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="llava-hf/llava-1.5-7b-hf",
                    help="hub id or local folder; the shipped 7B config is used offline (default: llava-1.5-7b-hf)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--text-tokens", type=int, default=204, help="prompt tokens besides the image tokens")
-    p.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: the model's own)")
+    p.add_argument("--batch-size", type=POSITIVE, default=1)
+    p.add_argument("--text-tokens", type=NON_NEGATIVE, default=204, help="prompt tokens besides the image tokens")
+    p.add_argument("--image-size", type=POSITIVE, default=None, help="image side in pixels (default: the model's own)")
     p.add_argument("--logits", choices=("all", "last"), default="all",
                    help="LM head on every prompt position (a plain forward; default) or the last one (as generate)")
 
@@ -231,8 +247,8 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
                                                 "textvqa with --model llava-hf/llava-1.5-7b-hf")
     p.add_argument("--source", default=None, help="where a named task's data lives: a save_to_disk folder or a folder "
                                                   "with samples.jsonl (default: the hub)")
-    p.add_argument("--limit", type=int, default=8, help="samples per task (default 8)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--limit", type=POSITIVE, default=8, help="samples per task (default 8)")
+    p.add_argument("--batch-size", type=POSITIVE, default=4)
     p.add_argument("--out", default=None, help="folder for the JSON results (default: llava-accel-demo-TIMESTAMP)")
     p.add_argument("--no-quantized", action="store_true",
                    help="leave out the cpu backend's quantised rows (int8, int8-dynamic, int4)")
@@ -249,8 +265,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", help="results.jsonl files (or sweep folders) and profile JSON files")
     p.add_argument("--out", required=True, help="folder for report.md and plots/")
-    p.add_argument("--latency-budget", type=float, default=None, help="seconds per sample: recommend a configuration")
-    p.add_argument("--energy-budget", type=float, default=None, help="joules per sample: recommend a configuration")
+    p.add_argument("--latency-budget", type=POSITIVE_FLOAT, default=None,
+                   help="seconds per sample: recommend a configuration")
+    p.add_argument("--energy-budget", type=POSITIVE_FLOAT, default=None, help="joules per sample: recommend a configuration")
 
 
 def cmd_eagle_train(args: argparse.Namespace) -> int:
@@ -270,10 +287,10 @@ def _add_eagle_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=None, help="task(s) whose prompts the target answers, comma-separated "
                                                 "(default: the three synthetic tasks)")
     p.add_argument("--out", required=True, help="folder for the head (model.safetensors + eagle_head.json)")
-    p.add_argument("--samples", type=int, default=None, help="samples per task (default 256)")
-    p.add_argument("--epochs", type=int, default=None, help="default 20")
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="answer budget while collecting (default 32)")
+    p.add_argument("--samples", type=POSITIVE, default=None, help="samples per task (default 256)")
+    p.add_argument("--epochs", type=POSITIVE, default=None, help="default 20")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=None, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=None, help="answer budget while collecting (default 32)")
     p.add_argument("--device", default=None, help="device of the target and the head (default cpu)")
     p.add_argument("--dtype", default=None, help="dtype of the target while collecting (default float32)")
     p.add_argument("--split", default=None, help="a named task's split (train on another than you benchmark on)")
@@ -294,8 +311,16 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error of the command line (its default prints the
+    whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llava-accel", description=__doc__)
+    parser = _Parser(prog="llava-accel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (func, help_, add_args) in COMMANDS.items():
         p = sub.add_parser(name, help=help_)

@@ -18,10 +18,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import LlavaAccelError
+from .errors import BackendUnavailableError, LlavaAccelError, OptionError
 from .measure import measure
 from .registry import backend_class, list_backends, load_backend, row_label, split_label
-from .tasks import SYNTHETIC_TASKS, load_task
+from .tasks import SYNTHETIC_TASKS, load_tasks
 
 DEMO_TASKS = tuple(SYNTHETIC_TASKS)
 
@@ -73,6 +73,9 @@ def demo_backends(names: Sequence[str] | None = None, quantized: bool = True) ->
     chosen = []
     for label in names:
         name, options = split_label(label)
+        backend_class(name)  # an unknown name fails here, in one line, before anything runs
+        if options.get("quantize") not in (None, *MODES):
+            raise OptionError(f"unknown quantize mode in '{label}'; use NAME+MODE with MODE one of {', '.join(MODES)}")
         if name in infos and not infos[name].available and not cuda and \
                 backend_class(name).unavailable_reason(device="cpu", dtype=cpu_dtype) is None:
             options = {"device": "cpu", "dtype": cpu_dtype, **options}
@@ -103,7 +106,7 @@ def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit:
 
     The tasks are loaded first (``source``: where a named task's data lives, see ``load_task``), so a task that
     cannot be read fails before any model is loaded, and every backend gets the same samples."""
-    data = {task: load_task(task, limit=limit, source=source) for task in tasks}
+    data = load_tasks(tasks, limit=limit, source=source)
     out = Path(out_dir or f"llava-accel-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     backends = list(backends if backends is not None else demo_backends())
@@ -159,6 +162,8 @@ def cli(model: str | None, limit: int, batch_size: int, out_dir: str | None, nam
     rows, out = run_demo(model, tasks.split(",") if tasks else DEMO_TASKS, limit=limit, batch_size=batch_size,
                          out_dir=out_dir, backends=backends, source=source)
     print(format_rows(rows))
+    if all(r.skipped for r in rows):
+        raise BackendUnavailableError("no backend ran: every one was skipped (reasons in the table above)")
     print(f"agree: answers identical to {backends[0][0]}'s on the same samples; "
           f"{limit} samples per task; {time.perf_counter() - start:.0f} s in all; full results in {out}/")
     return 0

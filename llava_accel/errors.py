@@ -34,3 +34,7 @@ class DatasetError(LlavaAccelError):
 
 class PromptTooLongError(LlavaAccelError):
     """A prompt that ``max_input_len`` cannot fit without cutting its template or answer instruction."""
+
+
+class ResultsFileError(LlavaAccelError):
+    """A result or results file (``--reference``, ``report``'s inputs) that is missing or holds no result."""
