@@ -130,6 +130,16 @@ CLI_CASES = [
     (["report", "{dir}/r1", "--out", "{dir}/r4", "--latency-budget", "-1"], "positive finite number", False),
     (["eagle-train", "--out", "{dir}/head", "--samples", "0"], "must be a positive whole number", False),
     (["eagle-train", "--out", "{dir}/head", "--split", "train"], "has no split or source", False),
+    (GEN + ["--backend", "eager", "--device", "bogus"], "unknown device 'bogus'", False),
+    (GEN + ["--dtype", "int7"], "unknown dtype 'int7'", False),
+    (GEN + ["--loop", "nope"], "invalid choice: 'nope'", False),
+    (GEN + ["--device-map", "nope"], "unknown device_map 'nope'", True),  # checked in load_model, before weights
+    (["generate", "--image", "{dir}", "--prompt", "hi"], "cannot read image", False),
+    (["generate", "--image", "{dir}/missing.png", "--prompt", "hi"], "image not found", False),
+    (GEN + ["--model", "{dir}/no-model"], "model folder not found", True),  # likewise
+    (["measure", "--task", "nosuch"], "unknown task 'nosuch'", False),
+    (["measure", "--data", "{dir}/no-data"], "data folder not found", False),
+    (["sweep", "{dir}/missing.toml", "--out", "{dir}/sweep-missing"], "sweep spec not found", False),
     # unclear messages before
     (GEN + ["--device", "cuda"], "the 'cpu' backend runs on the CPU only", False),
     (["report", "{unkeyed}", "--out", "{dir}/r5"], "is not a sweep record", False),
@@ -239,6 +249,9 @@ API_CASES = {
                                             la.DatasetError),
     "load_backend attention='bogus'": (lambda b, i: la.load_backend("cpu", attention="bogus"), OptionError),
     "load_backend cpu on cuda": (lambda b, i: la.load_backend("cpu", device="cuda"), OptionError),
+    "load_backend threads=0": (lambda b, i: la.load_backend("cpu", threads=0), OptionError),
+    "load_backend device='bogus'": (lambda b, i: la.load_backend("eager", device="bogus"), OptionError),
+    "measure an unknown task": (lambda b, i: _measure_task(b, "nosuch"), la.DatasetError),
     "from_json missing": (lambda b, i: la.MeasureResult.from_json("/no/such.json"), ResultsFileError),
     "flops batch 0": (lambda b, i: _flops(batch_size=0), OptionError),
     "flops text tokens -5": (lambda b, i: _flops(text_tokens=-5), OptionError),
@@ -246,6 +259,10 @@ API_CASES = {
     "profile repeats=0": (lambda b, i: _profile(b, repeats=0), OptionError),
     "profile batch size 0": (lambda b, i: _profile(b, batch_sizes=[0]), OptionError),
 }
+
+
+def _measure_task(backend, task):
+    return la.measure(backend, task, limit=1)
 
 
 def _flops(batch_size=1, text_tokens=10, image_size=None):

@@ -37,6 +37,13 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise OptionError(f"unknown dtype '{dtype}'; use one of float16, bfloat16, float32") from None
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
+
+
 def missing_cuda() -> str | None:
     """What is missing for CUDA ("a CUDA GPU (torch ... is a CPU-only build)"), or None when a GPU is visible."""
     if torch.cuda.is_available():
@@ -83,7 +90,7 @@ class Backend(ABC):
         """``device_map``, ``max_memory``, ``offload_folder``: a model spread over devices (see ``load_model``);
         the inputs then go to its main device, which becomes ``self.device``."""
         self.check_device_map(device_map)
-        self.device = torch.device(place(device or self.default_device))  # 'cuda': this process's GPU
+        self.device = resolve_device(place(device or self.default_device))  # 'cuda': this process's GPU
         self.dtype = resolve_dtype(dtype or self.default_dtype)
         self.device_map = device_map
         attention = check_attention(attention or self.default_attention)

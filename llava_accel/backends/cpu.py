@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .. import checks
 from ..distributed import local_share
 from ..errors import BackendUnavailableError, OptionError
 from ..lean.greedy import GreedyDecoder, unsupported_reason
@@ -47,7 +48,7 @@ class CpuBackend(EagerBackend):
                               "use the 'eager' backend for CUDA (CLI: --backend eager)")
         if loop not in (None, *LOOPS):
             raise OptionError(f"unknown loop '{loop}'; use one of {', '.join(LOOPS)}")
-        self.threads = threads or local_share(default_threads())  # shared with data-parallel peers
+        self.threads = checks.optional(checks.positive_int, threads, "threads") or local_share(default_threads())  # shared with data-parallel peers
         torch.set_num_threads(self.threads)
         super().__init__(model, "cpu", dtype, attention, **options)
         self.loop_reason = unsupported_reason(self.model)  # why the lean loop cannot run this model, if it cannot
