@@ -10,6 +10,8 @@ from typing import Callable
 from .checks import arg, non_negative_int, positive_float, positive_int, prompt
 from .distributed import is_main_process, process_tag
 from .errors import LlavaAccelError
+from .measure import FLOP_COUNTERS
+from .metrics.flops import LOGITS
 
 POSITIVE, NON_NEGATIVE, POSITIVE_FLOAT = arg(positive_int), arg(non_negative_int), arg(positive_float, float)
 
@@ -109,8 +111,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
     _check_img_size(args)
+    samples = load_task(args.task, limit=max(batch_sizes), seed=args.seed)  # a bad task fails before the model loads
     backend = load_backend(args.backend, model=args.model, **_backend_options(args))
-    samples = load_task(args.task, limit=max(batch_sizes), seed=args.seed)
     profile = profile_layers(backend, samples, batch_sizes=batch_sizes, img_size=args.img_size, repeats=args.repeats)
     print(profile.table())
     if args.json:
@@ -198,12 +200,13 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-input-len", type=POSITIVE, default=200,
                    help="max text tokens per prompt; longer prompts lose context, then question tail (docs/tasks.md)")
     p.add_argument("--img-size", type=POSITIVE, default=None, help="image side in pixels (default: the model's own)")
-    p.add_argument("--max-new-tokens", type=POSITIVE, default=None, help="generation budget (default: the task's, else 32)")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=None,
+                   help="generation budget (default: the task's, else 32)")
     p.add_argument("--fixed-new-tokens", action="store_true",
                    help="generate exactly --max-new-tokens per answer (equal work for speed comparisons)")
     p.add_argument("--warmup", type=NON_NEGATIVE, default=2, help="untimed batches first (default 2)")
     p.add_argument("--no-flops", action="store_true", help="skip the (untimed) FLOP pass")
-    p.add_argument("--flop-counter", choices=("torch", "fvcore"), default="torch",
+    p.add_argument("--flop-counter", choices=FLOP_COUNTERS, default="torch",
                    help="'fvcore' adds an fvcore cross-check of the prefill count")
     p.add_argument("--json", default=None, help="write the whole result here (also rewritten during the run)")
     p.add_argument("--reference", default=None, help="a result JSON on the same samples: report the drift from it "
@@ -228,7 +231,7 @@ def _add_flops_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=POSITIVE, default=1)
     p.add_argument("--text-tokens", type=NON_NEGATIVE, default=204, help="prompt tokens besides the image tokens")
     p.add_argument("--image-size", type=POSITIVE, default=None, help="image side in pixels (default: the model's own)")
-    p.add_argument("--logits", choices=("all", "last"), default="all",
+    p.add_argument("--logits", choices=LOGITS, default="all",
                    help="LM head on every prompt position (a plain forward; default) or the last one (as generate)")
 
 
@@ -267,7 +270,8 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for report.md and plots/")
     p.add_argument("--latency-budget", type=POSITIVE_FLOAT, default=None,
                    help="seconds per sample: recommend a configuration")
-    p.add_argument("--energy-budget", type=POSITIVE_FLOAT, default=None, help="joules per sample: recommend a configuration")
+    p.add_argument("--energy-budget", type=POSITIVE_FLOAT, default=None,
+                   help="joules per sample: recommend a configuration")
 
 
 def cmd_eagle_train(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ SPEC = 'backends = ["cpu"]\ntasks = ["synthetic-textvqa"]\nbatch_sizes = [1]\nli
 
 
 def _png_header(width: int, height: int) -> bytes:
-    """A PNG that announces ``width`` x ``height`` pixels and holds none: PIL's decompression-bomb check fires on open."""
+    """A PNG that announces ``width`` x ``height`` pixels and holds none: PIL's bomb check fires on open."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
@@ -67,7 +67,8 @@ def files(tmp_path_factory) -> dict[str, str]:
         "measure_owned": SPEC + "[measure_options]\nbatch_size = 2\n",
         "backend_typo": SPEC + "[backend_options.cpu]\nthread = 2\n",
         "backend_unknown": SPEC + "[backend_options.cpux]\nthreads = 2\n",
-        "source_no_dataset": SPEC.replace("synthetic-textvqa", "textvqa") + f"[task_sources]\ntextvqa = '{d / 'nodata'}'\n",
+        "source_no_dataset": SPEC.replace("synthetic-textvqa", "textvqa")
+        + f"[task_sources]\ntextvqa = '{d / 'nodata'}'\n",
         "source_synthetic": SPEC + f"[task_sources]\nsynthetic-textvqa = '{d / 'nodata'}'\n",
         "source_unused": SPEC + f"[task_sources]\ncoco = '{d / 'nodata'}'\n",
         "grid_empty": SPEC + "grid = []\n",
@@ -138,6 +139,8 @@ CLI_CASES = [
     (["generate", "--image", "{dir}/missing.png", "--prompt", "hi"], "image not found", False),
     (GEN + ["--model", "{dir}/no-model"], "model folder not found", True),  # likewise
     (["measure", "--task", "nosuch"], "unknown task 'nosuch'", False),
+    (["profile", "--task", "nosuch"], "unknown task 'nosuch'", False),
+    (["eagle-train", "--out", "{dir}/head", "--task", "nosuch"], "unknown task 'nosuch'", False),
     (["measure", "--data", "{dir}/no-data"], "data folder not found", False),
     (["sweep", "{dir}/missing.toml", "--out", "{dir}/sweep-missing"], "sweep spec not found", False),
     # unclear messages before

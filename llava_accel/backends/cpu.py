@@ -48,7 +48,8 @@ class CpuBackend(EagerBackend):
                               "use the 'eager' backend for CUDA (CLI: --backend eager)")
         if loop not in (None, *LOOPS):
             raise OptionError(f"unknown loop '{loop}'; use one of {', '.join(LOOPS)}")
-        self.threads = checks.optional(checks.positive_int, threads, "threads") or local_share(default_threads())  # shared with data-parallel peers
+        checks.optional(checks.positive_int, threads, "threads")
+        self.threads = threads or local_share(default_threads())  # shared with data-parallel peers
         torch.set_num_threads(self.threads)
         super().__init__(model, "cpu", dtype, attention, **options)
         self.loop_reason = unsupported_reason(self.model)  # why the lean loop cannot run this model, if it cannot

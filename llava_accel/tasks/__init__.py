@@ -80,5 +80,5 @@ def native_metric(samples: Sequence[Sample], predictions: Sequence[str]) -> dict
     return NATIVE_METRICS[task](samples, predictions)
 
 
-__all__ = ["NATIVE_METRICS", "SYNTHETIC_TASKS", "Sample", "SampleSet", "TASKS", "TaskSpec", "apply_stop", "check_task", "load_task", "load_tasks",
-           "native_metric", "synthetic_samples", "task_kind", "task_max_new_tokens"]
+__all__ = ["NATIVE_METRICS", "SYNTHETIC_TASKS", "Sample", "SampleSet", "TASKS", "TaskSpec", "apply_stop", "check_task",
+           "load_task", "load_tasks", "native_metric", "synthetic_samples", "task_kind", "task_max_new_tokens"]
