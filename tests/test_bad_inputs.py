@@ -180,6 +180,10 @@ def test_cli_refuses_in_one_line(argv, message, loads, files, capsys, monkeypatc
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     if not loads:
         monkeypatch.setattr("llava_accel.backends.base.load_model", _no_model)
+    else:  # in a process of its own the CLI turns transformers' progress bars off before importing it; here it is late
+        from transformers.utils import logging
+
+        monkeypatch.setattr(logging, "_tqdm_active", False)
     try:
         code = main(_argv(argv, files))
     except SystemExit as exc:  # argparse
