@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .profile import LayerProfile
-from .spec import PROFILE_GRID
 from ..errors import ResultsFileError
 from ..result import read_json
+from .profile import LayerProfile
+from .spec import PROFILE_GRID
 from .store import OK, latest_records
 
 DIMENSIONS = ("backend", "device", "dtype", "task", "batch_size", "max_input_len", "img_size")

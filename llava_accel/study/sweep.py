@@ -280,8 +280,9 @@ def check_points(spec: SweepSpec, points: list[Point | ProfilePoint]) -> None:
         except LlavaAccelError as exc:
             raise SpecError(f"{spec.path}: {point.label()}: {exc}") from None
     tables = [spec.defaults, *spec.grids]
-    for task in sorted({t for table in tables for t in table.get("task_sources", {})} - {p.task for p in points}):
-        raise SpecError(f"{spec.path}: field 'task_sources' names task '{task}', which no grid measures")
+    unused = sorted({t for table in tables for t in table.get("task_sources", {})} - {p.task for p in points})
+    if unused:
+        raise SpecError(f"{spec.path}: field 'task_sources' names task '{unused[0]}', which no grid measures")
     for name in sorted({b for table in tables for b in table.get("backend_options", {})}):
         try:
             backend_class(name)
