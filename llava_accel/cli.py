@@ -7,14 +7,19 @@ import os
 import sys
 from typing import TYPE_CHECKING, Callable
 
+from .checks import arg, non_negative_int, positive_float, positive_int, prompt
 from .distributed import is_main_process, process_tag
 from .errors import LlavaAccelError
 from .formats import FORMATS, render
+from .measure import FLOP_COUNTERS
+from .metrics.flops import LOGITS
 from .metrics.ptb import PTB_PYTHON, PTB_TOKENIZERS
 
-if TYPE_CHECKING:  # imported where used: `llava-accel backends` should not pay for torch
+if TYPE_CHECKING:  # imported where used
     from .outputs import OutputFile
     from .result import MeasureResult
+
+POSITIVE, NON_NEGATIVE, POSITIVE_FLOAT = arg(positive_int), arg(non_negative_int), arg(positive_float, float)
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -84,8 +89,9 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
     _add_backend_args(p)
     p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--prompt", required=True, help="the question; the LLaVA-1.5 chat template is added for you")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length budget in tokens")
+    p.add_argument("--prompt", required=True, type=arg(prompt, str),
+                   help="the question (UTF-8 text); the LLaVA-1.5 chat template and the image are added for you")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=32, help="answer length budget in tokens")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -116,14 +122,25 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     out = check_file(args.json, "--json") if args.json else None
     batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
+    _check_img_size(args)
+    samples = load_task(args.task, limit=max(batch_sizes), seed=args.seed)  # a bad task fails before the model loads
     backend = load_backend(args.backend, model=args.model, **_backend_options(args))
-    samples = load_task(args.task, limit=max(batch_sizes), seed=args.seed)
     profile = profile_layers(backend, samples, batch_sizes=batch_sizes, img_size=args.img_size, repeats=args.repeats)
     print(profile.table() if args.format == "text" else profile.formatted(args.format))
     if out:
         text = json.dumps(profile.to_dict(), indent=1) + "\n"
         print(f"wrote {save(lambda p: write_atomic(p, text), out, 'the profile')}", file=sys.stderr)
     return 0
+
+
+def _check_img_size(args: argparse.Namespace) -> None:
+    """An image side the model cannot take fails before it loads (its config is read without the weights)."""
+    if args.img_size is not None:
+        from .image_size import check_img_size
+        from .models.architecture import load_config
+        from .models.loading import DEFAULT_MODEL
+
+        check_img_size(load_config(args.model or DEFAULT_MODEL), args.img_size)
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -140,8 +157,8 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
     _add_backend_args(p)
     p.add_argument("--batch-sizes", default="1,4,8,16", help="comma-separated batch sizes (default 1,4,8,16)")
     p.add_argument("--task", default="synthetic-textvqa", help="task whose images and prompts are fed")
-    p.add_argument("--img-size", type=int, default=None, help="image side in pixels (default: the model's own)")
-    p.add_argument("--repeats", type=int, default=5, help="timed forwards per batch size and phase (mean)")
+    p.add_argument("--img-size", type=POSITIVE, default=None, help="image side in pixels (default: the model's own)")
+    p.add_argument("--repeats", type=POSITIVE, default=5, help="timed forwards per batch size and phase (mean)")
     p.add_argument("--seed", type=int, default=0, help="which samples a synthetic task draws")
     p.add_argument("--json", default=None, help="write the profile as JSON here (input to `llava-accel report`)")
     _add_format_arg(p, "the per-layer tables (md: one per phase; csv, json: one row per module and phase)")
@@ -161,6 +178,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     check_ptb_tokenizer(args.ptb_tokenizer)  # a bad tokenizer choice fails before the model loads
     # a bad output path or bad data fails before the model loads
     json_file = OutputFile(check_file(args.json, "--json")) if args.json and is_main_process() else None
+    _check_img_size(args)
     if args.data:
         samples = load_folder(args.data, args.limit)
     else:
@@ -199,25 +217,25 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--task", help="task name (coco, scienceqa, textvqa, synthetic-coco, ...)")
     data.add_argument("--data", help="folder with samples.jsonl (image, prompt, references[, id] per line)")
-    p.add_argument("--limit", type=int, default=None, help="first N samples (default: all)")
+    p.add_argument("--limit", type=POSITIVE, default=None, help="first N samples (default: all)")
     p.add_argument("--seed", type=int, default=0, help="which samples a synthetic task draws")
-    p.add_argument("--batch-size", type=int, default=1, help="samples per generate call")
+    p.add_argument("--batch-size", type=POSITIVE, default=1, help="samples per generate call")
     p.add_argument("--source", default=None, help="where a named task's data is: hub id, save_to_disk folder or folder "
                                                   "with samples.jsonl (default: the task's hub id; docs/tasks.md)")
     p.add_argument("--split", default=None, help="dataset split (default: the one lmms-eval evaluates)")
-    p.add_argument("--max-input-len", type=int, default=None,
+    p.add_argument("--max-input-len", type=POSITIVE, default=None,
                    help="max text tokens per prompt; longer prompts lose context, then question tail (default: no cut, "
                         "as lmms-eval; docs/tasks.md)")
     p.add_argument("--ptb-tokenizer", choices=PTB_TOKENIZERS, default=PTB_PYTHON,
                    help="caption tokenizer for the COCO metrics: 'python' (default) or 'java' (pycocoevalcap's own "
                         "jar; needs pycocoevalcap and Java)")
-    p.add_argument("--img-size", type=int, default=None, help="image side in pixels (default: the model's own)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: the task's, else 32)")
+    p.add_argument("--img-size", type=POSITIVE, default=None, help="image side in pixels (default: the model's own)")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=None, help="generation budget (default: the task's, else 32)")
     p.add_argument("--fixed-new-tokens", action="store_true",
                    help="generate exactly --max-new-tokens per answer (equal work for speed comparisons)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=2, help="untimed batches first (default 2)")
     p.add_argument("--no-flops", action="store_true", help="skip the (untimed) FLOP pass")
-    p.add_argument("--flop-counter", choices=("torch", "fvcore"), default="torch",
+    p.add_argument("--flop-counter", choices=FLOP_COUNTERS, default="torch",
                    help="'fvcore' adds an fvcore cross-check of the prefill count")
     p.add_argument("--json", default=None, help="write the whole result here (also rewritten during the run)")
     p.add_argument("--reference", default=None, help="a result JSON on the same samples: report the drift from it "
@@ -240,10 +258,10 @@ def cmd_flops(args: argparse.Namespace) -> int:
 def _add_flops_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="llava-hf/llava-1.5-7b-hf",
                    help="hub id or local folder; the shipped 7B config is used offline (default: llava-1.5-7b-hf)")
-    p.add_argument("--batch-size", type=int, default=1, help="prompts per forward")
-    p.add_argument("--text-tokens", type=int, default=204, help="prompt tokens besides the image tokens")
-    p.add_argument("--image-size", type=int, default=None, help="image side in pixels (default: the model's own)")
-    p.add_argument("--logits", choices=("all", "last"), default="all",
+    p.add_argument("--batch-size", type=POSITIVE, default=1, help="prompts per forward")
+    p.add_argument("--text-tokens", type=NON_NEGATIVE, default=204, help="prompt tokens besides the image tokens")
+    p.add_argument("--image-size", type=POSITIVE, default=None, help="image side in pixels (default: the model's own)")
+    p.add_argument("--logits", choices=LOGITS, default="all",
                    help="LM head on every prompt position (a plain forward; default) or the last one (as generate)")
 
 
@@ -262,9 +280,9 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
                                                 "textvqa with --model llava-hf/llava-1.5-7b-hf")
     p.add_argument("--source", default=None, help="where a named task's data lives: a save_to_disk folder or a folder "
                                                   "with samples.jsonl (default: the hub)")
-    p.add_argument("--limit", type=int, default=None, help="samples per task (default: 5 timed batches, the "
+    p.add_argument("--limit", type=POSITIVE, default=None, help="samples per task (default: 5 timed batches, the "
                                                             "fewest a valid measurement needs)")
-    p.add_argument("--batch-size", type=int, default=None, help="samples per generate call (default 1)")
+    p.add_argument("--batch-size", type=POSITIVE, default=None, help="samples per generate call (default 1)")
     p.add_argument("--out", default=None, help="folder for the JSON results (default: runs/demo-TIMESTAMP in the "
                                                "working directory)")
     _add_format_arg(p, "the table")
@@ -283,8 +301,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", help="results.jsonl files (or sweep folders) and profile JSON files")
     p.add_argument("--out", required=True, help="folder for report.md and plots/")
-    p.add_argument("--latency-budget", type=float, default=None, help="seconds per sample: recommend a configuration")
-    p.add_argument("--energy-budget", type=float, default=None, help="joules per sample: recommend a configuration")
+    p.add_argument("--latency-budget", type=POSITIVE_FLOAT, default=None,
+                   help="seconds per sample: recommend a configuration")
+    p.add_argument("--energy-budget", type=POSITIVE_FLOAT, default=None,
+                   help="joules per sample: recommend a configuration")
 
 
 def cmd_eagle_train(args: argparse.Namespace) -> int:
@@ -304,10 +324,10 @@ def _add_eagle_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=None, help="task(s) whose prompts the target answers, comma-separated "
                                                 "(default: the three synthetic tasks)")
     p.add_argument("--out", required=True, help="folder for the head (model.safetensors + eagle_head.json)")
-    p.add_argument("--samples", type=int, default=None, help="samples per task (default 256)")
-    p.add_argument("--epochs", type=int, default=None, help="default 20")
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="answer budget while collecting (default 32)")
+    p.add_argument("--samples", type=POSITIVE, default=None, help="samples per task (default 256)")
+    p.add_argument("--epochs", type=POSITIVE, default=None, help="default 20")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=None, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=None, help="answer budget while collecting (default 32)")
     p.add_argument("--device", default=None, help="device of the target and the head (default cpu)")
     p.add_argument("--dtype", default=None, help="dtype of the target while collecting (default float32)")
     p.add_argument("--split", default=None, help="a named task's split (train on another than you benchmark on)")
@@ -327,6 +347,14 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
     "report": (cmd_report, "Markdown report with tables and PNG plots from sweep results", _add_report_args),
     "sweep": (cmd_sweep, "measure every point of a sweep spec, resumably, into DIR/results.jsonl", _add_sweep_args),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error of the command line (its default prints the
+    whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _add_format_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -358,7 +386,7 @@ Errors caused by input or machine are one line on stderr, exit status 2. Documen
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="llava-accel", description=DESCRIPTION, epilog=EPILOG,
+    parser = _Parser(prog="llava-accel", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -23,12 +23,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import LlavaAccelError
+from .errors import BackendUnavailableError, LlavaAccelError, OptionError
 from .formats import render
 from .measure import MIN_TIMED_BATCHES, measure
 from .outputs import check_folder, save, write_atomic
 from .registry import backend_class, list_backends, load_backend, row_label, split_label
-from .tasks import SYNTHETIC_TASKS, load_task
+from .tasks import SYNTHETIC_TASKS, load_tasks
 
 DEMO_TASKS = tuple(SYNTHETIC_TASKS)
 DEMO_BATCH_SIZE = 1
@@ -89,6 +89,9 @@ def demo_backends(names: Sequence[str] | None = None, quantized: bool = True) ->
     chosen = []
     for label in names:
         name, options = split_label(label)
+        backend_class(name)  # an unknown name fails here, in one line, before anything runs
+        if options.get("quantize") not in (None, *MODES):
+            raise OptionError(f"unknown quantize mode in '{label}'; use NAME+MODE with MODE one of {', '.join(MODES)}")
         if name in infos and not infos[name].available and not cuda and \
                 backend_class(name).unavailable_reason(device="cpu", dtype=cpu_dtype) is None:
             options = {"device": "cpu", "dtype": cpu_dtype, **options}
@@ -143,7 +146,7 @@ def run_demo(model: str | None = None, tasks: Sequence[str] = DEMO_TASKS, limit:
     stderr which row runs, with ``measure``'s progress line (default: when stderr is a terminal)."""
     out = check_folder(out_dir or default_out_dir(), "demo folder")
     limit = limit or default_limit(batch_size)
-    data = {task: load_task(task, limit=limit, source=source) for task in tasks}
+    data = load_tasks(tasks, limit=limit, source=source)
     out.mkdir(parents=True, exist_ok=True)
     backends = list(backends if backends is not None else demo_backends())
     (log or _stderr)(f"demo: {len(backends)} backends x {len(tasks)} tasks, {limit} samples "
@@ -212,11 +215,11 @@ def cli(model: str | None, limit: int | None, batch_size: int | None, out_dir: s
     start = time.perf_counter()
     rows, out = run_demo(model, tasks.split(",") if tasks else DEMO_TASKS, limit=limit, batch_size=batch_size,
                          out_dir=out_dir, backends=backends, source=source)
-    if fmt != "text":
-        print(render([asdict(r) for r in rows], fmt))
-        return 0
-    print(format_rows(rows))
-    print(f"mean ±standard deviation over the timed batches; agree: answers identical to {backends[0][0]}'s on the "
-          f"same samples; {limit} samples per task; {time.perf_counter() - start:.0f} s in all; full results (every "
-          f"reason in full) in {out}/")
+    print(format_rows(rows) if fmt == "text" else render([asdict(r) for r in rows], fmt))
+    if all(r.skipped for r in rows):
+        raise BackendUnavailableError("no backend ran: every one was skipped (reasons in the table above)")
+    if fmt == "text":
+        print(f"mean ±standard deviation over the timed batches; agree: answers identical to {backends[0][0]}'s on "
+              f"the same samples; {limit} samples per task; {time.perf_counter() - start:.0f} s in all; full results "
+              f"(every reason in full) in {out}/")
     return 0

@@ -43,3 +43,7 @@ class MetricUnavailableError(LlavaAccelError):
 def install_hint(extra: str) -> str:
     """How to get an optional extra: the package is installed from a checkout (it is not on a package index)."""
     return f"pip install -e '.[{extra}]' in a llava_accel checkout"
+
+
+class ResultsFileError(LlavaAccelError):
+    """A result or results file (``--reference``, ``report``'s inputs) that is missing or holds no result."""

@@ -9,9 +9,11 @@ with a forward pre-hook on the vision embeddings, active only for inputs whose s
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from .errors import LlavaAccelError
+from .checks import positive_int
+from .errors import LlavaAccelError, OptionError
 
 
 def native_image_size(config) -> int:
@@ -19,12 +21,48 @@ def native_image_size(config) -> int:
     return int(config.vision_config.image_size)
 
 
+def context_length(config) -> int:
+    """Positions the language model takes (``max_position_embeddings``): image tokens, prompt and answer together."""
+    return int(config.text_config.max_position_embeddings)
+
+
+def image_tokens(config, image_size: int | None = None) -> int:
+    """Image tokens per image (CLS dropped by the 'default' feature strategy); default: the configured size."""
+    v = config.vision_config
+    return ((image_size or v.image_size) // v.patch_size) ** 2 + (config.vision_feature_select_strategy == "full")
+
+
+def image_size_limits(config) -> tuple[int, int]:
+    """The smallest and largest ``img_size`` the model can take: one patch of the vision tower, and the largest side
+    whose image tokens leave at least one position of the language model's context for the prompt."""
+    patch = int(config.vision_config.patch_size)
+    room = context_length(config) - 1 - (config.vision_feature_select_strategy == "full")  # positions for patches
+    return patch, (math.isqrt(max(room, 1)) + 1) * patch - 1
+
+
+def check_img_size(config, img_size: int | None) -> int | None:
+    """``img_size`` if the model can take it (None: the native size), else a one-line ``OptionError`` with the range:
+    a side below one patch has no patch to embed, and one above the limit asks for more image tokens than the
+    language model has positions (its cost grows with the square of the side, so it would also run for hours)."""
+    if img_size is None:
+        return None
+    positive_int(img_size, "img_size")
+    low, high = image_size_limits(config)
+    if img_size < low:
+        raise OptionError(f"img_size={img_size} is smaller than one {low}-px patch of the vision tower; use "
+                          f"{low} to {high} px")
+    if img_size > high:
+        raise OptionError(f"img_size={img_size} gives {image_tokens(config, img_size):,} image tokens, more than the "
+                          f"language model's context of {context_length(config)} positions (max_position_embeddings) "
+                          f"holds with a prompt; use {low} to {high} px")
+    return img_size
+
+
 def processor_size_kwargs(img_size: int | None) -> dict[str, Any]:
     """Processor arguments that resize (shortest edge) and centre-crop to ``img_size``, as LLaVA-1.5 does at 336."""
     if img_size is None:
         return {}
-    if img_size < 1:
-        raise LlavaAccelError(f"img_size must be a positive number of pixels, not {img_size}")
+    positive_int(img_size, "img_size")
     return {"size": {"shortest_edge": img_size}, "crop_size": {"height": img_size, "width": img_size}}
 
 

@@ -6,18 +6,19 @@ The loop only calls the ``Backend`` interface (``generate`` with a streamer, ``p
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from . import distributed
-from .errors import DatasetError, OptionError
+from . import checks, distributed
+from .errors import DatasetError
 from .interrupts import HeldInterrupts
 from .metrics import environment
 from .metrics.drift import compare
@@ -37,6 +38,7 @@ DEFAULT_MAX_NEW_TOKENS = 32
 MIN_TIMED_BATCHES = 5
 MAX_CV = 0.10
 CHECKPOINT_EVERY_S = 30.0
+FLOP_COUNTERS = ("torch", "fvcore")
 FLOP_CONVENTION = ("FlopCounterMode, 2 FLOPs per multiply-add (matmuls, convolutions, attention); model FLOPs of "
                    "greedy decoding with this architecture, whatever the backend executes; prefill with the LM head "
                    "on the last position only, as generate() does")
@@ -66,17 +68,17 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
     ``reference``: a result on the same samples (e.g. the same backend unquantised): the result then carries its
     drift from it (``result.drift``: identical answers, common prefix, change in WER and native metric).
     """
-    if batch_size < 1:
-        raise OptionError(f"batch_size must be >= 1, got {batch_size}")
-    if flop_counter not in ("torch", "fvcore"):
-        raise OptionError(f"flop_counter must be 'torch' or 'fvcore', not {flop_counter!r}")
+    check_arguments({"batch_size": batch_size, "max_input_len": max_input_len, "max_new_tokens": max_new_tokens,
+                     "limit": limit, "warmup": warmup, "seed": seed, "img_size": img_size, "flop_counter": flop_counter,
+                     "min_timed_batches": min_timed_batches})
     check_ptb_tokenizer(ptb_tokenizer)
     if checkpoint is not None and not isinstance(checkpoint, OutputFile) and distributed.is_main_process():
         checkpoint = OutputFile(check_file(checkpoint, "checkpoint file"))  # before the data loads
     started = datetime.now(timezone.utc)
     samples, dataset_name = _samples(dataset, limit, seed)
     loaded = samples if hasattr(samples, "skipped") else dataset  # a SampleSet knows its source and skipped rows
-    budget = max_new_tokens or task_max_new_tokens(dataset_name) or DEFAULT_MAX_NEW_TOKENS
+    budget = max_new_tokens if max_new_tokens is not None else (task_max_new_tokens(dataset_name)
+                                                                  or DEFAULT_MAX_NEW_TOKENS)
     torch.manual_seed(seed)
     run = _Run(backend, samples, batch_size, budget, budget if fixed_new_tokens else None, max_input_len, img_size)
     run.config = {
@@ -163,6 +165,22 @@ def measure(backend: Any, dataset: str | Iterable[Sample], batch_size: int = 1, 
     return result
 
 
+# measure()'s keyword arguments that take a user's value -> its check (also run on a sweep's measure_options)
+ARGUMENT_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "batch_size": checks.positive_int, "warmup": checks.non_negative_int, "seed": checks.integer,
+    "min_timed_batches": checks.non_negative_int, "flop_counter": lambda v, n: checks.one_of(v, n, FLOP_COUNTERS),
+    **{name: functools.partial(checks.optional, checks.positive_int)
+       for name in ("max_input_len", "max_new_tokens", "limit", "img_size")},
+}
+
+
+def check_arguments(arguments: dict[str, Any]) -> None:
+    """A one-line ``OptionError`` for the first argument of ``measure()`` whose value it cannot take."""
+    for name, value in arguments.items():
+        if name in ARGUMENT_CHECKS:
+            ARGUMENT_CHECKS[name](value, name)
+
+
 def _samples(dataset: str | Iterable[Sample], limit: int | None, seed: int) -> tuple[Sequence[Sample], str]:
     if isinstance(dataset, str):
         samples, name = load_task(dataset, limit=limit, seed=seed), dataset
@@ -176,7 +194,8 @@ def _samples(dataset: str | Iterable[Sample], limit: int | None, seed: int) -> t
                                                        f"{skipped[0][0]}: {skipped[0][1]})" if skipped else ""))
     for s in samples:
         if not isinstance(s, Sample):
-            raise TypeError(f"dataset items must be llava_accel.Sample, got {type(s).__name__}")
+            raise DatasetError(f"dataset items must be llava_accel.Sample, got {type(s).__name__}")
+        checks.prompt(s.prompt, f"the prompt of sample {s.id!r}")
     return samples, name
 
 

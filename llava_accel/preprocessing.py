@@ -14,7 +14,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
-CHAT_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
+IMAGE_PLACEHOLDER = "<image>"
+CHAT_TEMPLATE = "USER: " + IMAGE_PLACEHOLDER + "\n{prompt} ASSISTANT:"
 
 ImageInput = Union[Image.Image, str, "os.PathLike[str]"]
 
@@ -27,24 +28,57 @@ def upright_rgb(image: Image.Image) -> Image.Image:
     """``image`` turned as its EXIF Orientation tag says (a phone JPEG tagged 6 is stored on its side), in RGB.
 
     ``datasets``' Image feature and lmms-eval do the same (``ImageOps.exif_transpose``), so the model sees the picture
-    upright, as a person does. An image without the tag, or already turned (the tag is then removed), is unchanged.
+    upright, as a person does. An image without the tag, or already turned (the tag is then removed), is unchanged;
+    then ``to_rgb`` (high-depth pixels scaled, not clipped).
     """
-    return ImageOps.exif_transpose(image).convert("RGB")
+    return to_rgb(ImageOps.exif_transpose(image))
 
 
 def load_image(image: ImageInput) -> Image.Image:
-    """An upright RGB PIL image (``upright_rgb``) from a PIL image or a path; a one-line ``ImageError`` when it cannot
-    be read."""
+    """An upright 8-bit RGB PIL image (``upright_rgb``) from a PIL image or a path; a one-line ``ImageError`` when it
+    cannot be read."""
     if isinstance(image, Image.Image):
         return upright_rgb(image)
+    if not isinstance(image, (str, os.PathLike)):
+        raise ImageError(f"an image must be a PIL image or a file path, got {type(image).__name__}")
     path = os.fspath(image)
     if not os.path.exists(path):
         raise ImageError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
             return upright_rgb(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image {path} is too large to decode safely ({exc}); resize it") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageError(f"cannot read image {path}: {exc.__class__.__name__}; pass a PNG, JPEG or other PIL-readable file") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB, scaling high-depth pixels into 0-255 (PIL's ``convert`` clips them: a 16-bit PNG turns white and
+    a 0-1 float TIFF black). 16-bit integers are divided by 257 (65535 -> 255). 32-bit integers are read as 8-bit
+    when they fit in 0-255, else as 16-bit when they fit in 0-65535; floats as 0-1 when they fit there, else as 0-255
+    when they fit there; anything else (and NaN as 0) is stretched from its minimum to its maximum."""
+    sixteen_bit = image.mode.startswith("I;16")
+    if sixteen_bit:
+        image = image.convert("I")
+    if image.mode not in ("I", "F"):
+        return image.convert("RGB")
+    import numpy as np
+
+    pixels = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if image.mode == "I" and low >= 0 and high <= 255 and not sixteen_bit:
+        scale, offset = 1.0, 0.0
+    elif image.mode == "I" and low >= 0 and high <= 65535:
+        scale, offset = 255 / 65535, 0.0
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        scale, offset = 255.0, 0.0
+    elif image.mode == "F" and low >= 0 and high <= 255:
+        scale, offset = 1.0, 0.0
+    else:
+        scale, offset = (255 / (high - low) if high > low else 0.0), low
+    eight = np.clip(np.rint((pixels - offset) * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(eight).convert("RGB")
 
 
 @dataclass

@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ResultsFileError
 from .metrics.drift import Drift
 from .metrics.latency import Stats
 from .metrics.memory import MemoryResult
@@ -142,8 +143,13 @@ class MeasureResult:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "MeasureResult":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """Read a result written by ``to_json``; a one-line ``ResultsFileError`` when the file holds none."""
+        data = read_json(path, "a measure result", ("config", "predictions", "latency"))
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResultsFileError(f"{path} is not a measure result of this version: {type(exc).__name__}: "
+                                   f"{exc}") from None
 
     def summary(self) -> dict[str, Any]:
         """One flat row (units in the keys): what ``--format csv|md|json`` prints, one column per figure."""
@@ -170,6 +176,24 @@ class MeasureResult:
 
     def __str__(self) -> str:
         return format_table(self)
+
+
+def read_json(path: str | os.PathLike, what: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON object in ``path``, with ``keys``; else a one-line ``ResultsFileError`` saying it is not ``what``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ResultsFileError(f"{path} not found; pass {what} (a JSON file written by llava-accel)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ResultsFileError(f"{path} is not {what}: cannot read it as JSON ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(data, dict):
+        raise ResultsFileError(f"{path} is not {what}: it holds a JSON {type(data).__name__}, not an object")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ResultsFileError(f"{path} is not {what}: it has no '{missing[0]}'")
+    return data
 
 
 def _build(tp: Any, value: Any) -> Any:

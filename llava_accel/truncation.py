@@ -16,7 +16,7 @@ user's) is never cut; when even the kept parts exceed the cap, that is a one-lin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import PromptTooLongError
 from .preprocessing import format_prompt
@@ -45,6 +45,18 @@ def count_text_tokens(tokenizer, prompt: str, image_token_id: int | None = None)
     """Text tokens of ``prompt`` in the chat template: every token except the image placeholder."""
     ids = tokenizer(format_prompt(prompt))["input_ids"]
     return sum(1 for i in ids if i != image_token_id)
+
+
+def check_context(text_tokens: Sequence[int], image_tokens: int, context: int) -> None:
+    """A one-line ``PromptTooLongError`` when a prompt leaves no position of the model's ``context`` for the answer
+    (past it the model answers garbage, slowly): the same refusal ``max_input_len`` gives, for the model's own cap."""
+    longest = max(range(len(text_tokens)), key=text_tokens.__getitem__, default=None)
+    if longest is not None and text_tokens[longest] + image_tokens >= context:
+        which = f"prompt {longest}" if len(text_tokens) > 1 else "the prompt"
+        raise PromptTooLongError(
+            f"{which} takes {text_tokens[longest] + image_tokens} tokens ({text_tokens[longest]} text, {image_tokens} "
+            f"image), but the model's context holds {context} positions (max_position_embeddings) for prompt and "
+            f"answer together; shorten the prompt (or cap it with max_input_len) or use a smaller img_size")
 
 
 def _parts(prompt: str, fields: Mapping[str, Any]) -> list[_Part]:

@@ -226,12 +226,15 @@ def test_ctrl_c_stops_the_sweep_and_keeps_what_finished(tmp_path):
 
 
 def test_task_sources_reach_the_loader(tmp_path):
+    data = tmp_path / "textvqa"
+    data.mkdir()
+    (data / "samples.jsonl").write_text("")
     spec = parse_spec({"backends": "cpu", "tasks": ["textvqa", "synthetic-coco"], "batch_sizes": 1,
-                       "task_sources": {"textvqa": "/data/textvqa"}})
+                       "task_sources": {"textvqa": str(data)}})
     seen = []
     run_sweep(spec, tmp_path / "out", load=fake_load, measure=FakeMeasure(), log=lambda s: None,
               samples=lambda task, limit, seed, source: seen.append((task, source)) or [1])
-    assert sorted(seen) == [("synthetic-coco", None), ("textvqa", "/data/textvqa")]
+    assert sorted(seen) == [("synthetic-coco", None), ("textvqa", str(data))]
 
 
 def test_backend_that_fails_to_load_fails_its_points_only(tmp_path):

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
+from PIL import Image
 
+from .. import checks
 from ..distributed import place
 from ..errors import BackendUnavailableError, ImageError, OptionError
-from ..image_size import enable_any_image_size, native_image_size
-from ..models.loading import LoadedModel, input_device, load_model, spread_devices
+from ..image_size import check_img_size, context_length, enable_any_image_size, native_image_size
+from ..models.loading import LoadedModel, check_attention, input_device, load_model, spread_devices
 from ..preprocessing import EncodedBatch, ImageInput, encode, load_image
+from ..truncation import check_context
 
 DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -32,6 +35,13 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         return DTYPES[str(dtype).lower()]
     except KeyError:
         raise OptionError(f"unknown dtype '{dtype}'; use one of float16, bfloat16, float32") from None
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
 
 
 def missing_cuda() -> str | None:
@@ -81,10 +91,10 @@ class Backend(ABC):
         """``device_map``, ``max_memory``, ``offload_folder``: a model spread over devices (see ``load_model``);
         the inputs then go to its main device, which becomes ``self.device``."""
         self.check_device_map(device_map)
-        self.device = torch.device(place(device or self.default_device))  # 'cuda': this process's GPU
+        self.device = resolve_device(place(device or self.default_device))  # 'cuda': this process's GPU
         self.dtype = resolve_dtype(dtype or self.default_dtype)
         self.device_map = device_map
-        attention = attention or self.default_attention
+        attention = check_attention(attention or self.default_attention)
         if isinstance(model, LoadedModel):  # built in memory (random 7B weights for speed runs): shared, not copied
             if device_map:
                 raise BackendUnavailableError("device_map applies when the backend loads the model from a folder or "
@@ -156,11 +166,15 @@ class Backend(ABC):
         ``fields`` are the samples' ``Sample.fields``: ``max_input_len`` cuts a prompt's context and question only
         where they name them. A non-native ``img_size`` makes the vision tower interpolate its position embeddings.
         """
+        prompts = checks.prompts(prompts, image_token=self.processor.image_token)
+        if isinstance(images, (str, os.PathLike, Image.Image)) or not isinstance(images, Sequence):
+            raise ImageError(f"images must be a list, one image per prompt, got {type(images).__name__}")
         if len(images) != len(prompts):
             raise ImageError(f"got {len(images)} images for {len(prompts)} prompts; pass one image per prompt")
-        if img_size is not None and img_size != native_image_size(self.model.config):
+        if check_img_size(self.model.config, img_size) not in (None, native_image_size(self.model.config)):
             enable_any_image_size(self.model)
-        batch = encode(self.processor, [load_image(i) for i in images], list(prompts), max_input_len, img_size, fields)
+        batch = encode(self.processor, [load_image(i) for i in images], prompts, max_input_len, img_size, fields)
+        check_context(batch.text_tokens, batch.image_tokens, context_length(self.model.config))
         batch.inputs = {k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype)
                         for k, v in batch.inputs.items()}
         return batch
@@ -187,8 +201,8 @@ class Backend(ABC):
         """Answer each prompt about its image. ``min_new_tokens=max_new_tokens`` forces equal work for timing;
         ``max_input_len``, ``img_size`` and ``fields`` as in ``encode`` (each output holds its prompt as run and says if
         it was cut)."""
-        if max_new_tokens < 1:
-            raise OptionError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        checks.positive_int(max_new_tokens, "max_new_tokens")
+        checks.optional(checks.non_negative_int, min_new_tokens, "min_new_tokens")
         batch = self.encode(images, prompts, max_input_len, img_size, fields)
         with torch.inference_mode():
             new_ids = self.generate_ids(batch.inputs, max_new_tokens, min_new_tokens, streamer)

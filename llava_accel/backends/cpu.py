@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .. import checks
 from ..distributed import local_share
 from ..errors import BackendUnavailableError, OptionError
 from ..lean.greedy import GreedyDecoder, unsupported_reason
@@ -43,9 +44,11 @@ class CpuBackend(EagerBackend):
         """``loop``: "lean" (our greedy loop; the default where it applies) or "generate" (transformers').
         ``options``: those of ``EagerBackend`` (``quantize``, ``quantize_vision``)."""
         if device not in (None, "cpu"):
-            raise OptionError(f"the 'cpu' backend runs on the CPU only, not '{device}'; use 'eager' for CUDA")
+            raise OptionError(f"the 'cpu' backend runs on the CPU only, not on '{device}'; leave the device out, or "
+                              "use the 'eager' backend for CUDA (CLI: --backend eager)")
         if loop not in (None, *LOOPS):
             raise OptionError(f"unknown loop '{loop}'; use one of {', '.join(LOOPS)}")
+        checks.optional(checks.positive_int, threads, "threads")
         self.threads = threads or local_share(default_threads())  # shared with data-parallel peers
         torch.set_num_threads(self.threads)
         super().__init__(model, "cpu", dtype, attention, **options)
@@ -56,6 +59,12 @@ class CpuBackend(EagerBackend):
         tokenizer = self.processor.tokenizer
         self.decoder = GreedyDecoder(self.model, tokenizer.eos_token_id, tokenizer.pad_token_id) \
             if self.loop == "lean" else None
+
+    @classmethod
+    def unavailable_reason(cls, device: str | None = None, dtype: str | None = None,
+                           attention: str | None = None) -> str | None:
+        """Never a missing GPU: another device than the CPU is a wrong option, which ``__init__`` refuses as such."""
+        return None
 
     def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int | None = None,
                      streamer: Any = None) -> torch.Tensor:

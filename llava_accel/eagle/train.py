@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..outputs import check_folder, save
-from ..tasks import SYNTHETIC_TASKS, load_task
+from ..tasks import SYNTHETIC_TASKS, load_tasks
 from ..lean.prefill import run_target
 from .head import EagleHead, HeadConfig, fingerprint, new_head, save_head, target_name
 
@@ -132,8 +132,9 @@ def train_head(model: str | None, out_dir: str | Path, config: TrainConfig | Non
     config = config or TrainConfig()
     check_folder(out_dir, "head folder")  # a bad output path fails before the work, not after it
     t0 = time.perf_counter()
-    samples = [s for task in config.tasks  # bad task names fail before the model loads
-               for s in load_task(task, config.split, config.samples_per_task, config.source, config.data_seed)]
+    samples = [s for task_samples in  # bad task names fail before the model loads
+               load_tasks(config.tasks, config.split, config.samples_per_task, config.source, config.data_seed).values()
+               for s in task_samples]
     backend = load_backend("eager", model=model, device=config.device, dtype=config.dtype)
     examples = collect(backend, samples, config.max_new_tokens, config.generate_batch)
     log(f"collected {len(examples)} examples in {time.perf_counter() - t0:.0f} s")

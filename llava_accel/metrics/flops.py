@@ -22,10 +22,12 @@ from typing import Any, Iterator
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..image_size import enable_any_image_size, native_image_size
+from ..checks import non_negative_int, one_of, positive_int
+from ..image_size import check_img_size, enable_any_image_size, image_tokens, native_image_size
 from ..models.compat import cache_kwarg, output_cache
 
 aten = torch.ops.aten
+LOGITS = ("all", "last")  # the LM head on every prompt position (a plain forward) or the last one (as generate)
 
 
 def attention_flops(batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, v_head_dim: int) -> int:
@@ -115,12 +117,6 @@ def image_token_id(config) -> int:
     return getattr(config, "image_token_id", None) or config.image_token_index
 
 
-def image_tokens(config, image_size: int | None = None) -> int:
-    """Image tokens per image (CLS dropped by the 'default' feature strategy); default: the configured size."""
-    v = config.vision_config
-    return ((image_size or v.image_size) // v.patch_size) ** 2 + (config.vision_feature_select_strategy == "full")
-
-
 @dataclass
 class StepFlops:
     """FLOPs of one batch's prefill and of its first two decode steps (cache of S and S+1 tokens)."""
@@ -134,8 +130,7 @@ def count_generation(model, input_ids: torch.Tensor, pixel_values: torch.Tensor,
                      attention_mask: torch.Tensor | None = None, logits: str = "all") -> StepFlops:
     """Count the prefill (``logits='last'``: LM head on the last position only, as ``generate`` does) and two
     decode steps, on ``model`` as it is (real weights or meta)."""
-    if logits not in ("all", "last"):
-        raise ValueError(f"logits must be 'all' or 'last', not {logits!r}")
+    one_of(logits, "logits", LOGITS)
     kw = cache_kwarg(model)
     if tuple(pixel_values.shape[-2:]) != (native_image_size(model.config),) * 2:
         enable_any_image_size(model)  # as backends do for another img_size (works on transformers 5.17 too)
@@ -232,7 +227,10 @@ def _fit(config_json: str, image_size: tuple[int, int], logits: str) -> FlopMode
 def architecture_flops(config, batch_size: int, text_tokens: int, logits: str = "all",
                        image_size: int | None = None) -> dict[str, Any]:
     """Direct count on the meta device for one prompt shape: what ``llava-accel flops`` prints."""
-    size = image_size or native_image_size(config)
+    positive_int(batch_size, "batch_size")
+    non_negative_int(text_tokens, "text_tokens")
+    one_of(logits, "logits", LOGITS)
+    size = check_img_size(config, image_size) or native_image_size(config)
     n_image = image_tokens(config, size)  # another size than the native one interpolates CLIP's positions
     model = meta_twin(config)
     seq_len = n_image + text_tokens

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ModelNotFoundError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 SHIPPED_CONFIGS = {"llava-hf/llava-1.5-7b-hf": CONFIG_DIR / "llava-1.5-7b-hf.json"}
 
@@ -19,6 +21,8 @@ def load_config(model: str):
     from transformers import AutoConfig, LlavaConfig
 
     if Path(model).is_dir():
+        if not (Path(model) / "config.json").is_file():
+            raise ModelNotFoundError(f"{model} has no config.json; pass a folder written by save_pretrained")
         return AutoConfig.from_pretrained(model)
     if model in SHIPPED_CONFIGS:
         return LlavaConfig(**json.loads(SHIPPED_CONFIGS[model].read_text()))

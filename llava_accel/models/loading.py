@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ..errors import LlavaAccelError, ModelNotFoundError
+from ..errors import LlavaAccelError, ModelNotFoundError, OptionError
 from ..outputs import check_folder
 from ..quiet import quiet_loading
 
@@ -76,6 +76,17 @@ def resolve_model_path(model: str, allow_patterns: list[str] | None = None) -> s
         raise ModelNotFoundError(f"cannot download model '{model}': {str(exc).splitlines()[0]}") from None
 
 
+def check_attention(attention: str) -> str:
+    """``attention`` if transformers knows it (eager, sdpa, flash_attention_2, flex_attention, ..., or a hub kernel
+    named owner/name), else a one-line ``OptionError`` listing them (transformers' own error is a traceback)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *sorted(ALL_ATTENTION_FUNCTIONS.valid_keys())]
+    if attention in known or (isinstance(attention, str) and "/" in attention):
+        return attention
+    raise OptionError(f"unknown attention '{attention}'; use one of {', '.join(known)}")
+
+
 def weights_kind(path: str, model: str) -> str:
     marker = Path(path) / MARKER
     if marker.exists():
@@ -92,6 +103,7 @@ def load_model(model: str | None, device: torch.device, dtype: torch.dtype, atte
     on disk, with accelerate's big-model inference, within ``max_memory`` ({GPU index or "cpu": bytes or "8GiB"}).
     Under data parallelism each process spreads its model over its own share of the node's GPUs.
     """
+    from safetensors import SafetensorError
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     model = model or DEFAULT_MODEL
@@ -116,6 +128,9 @@ def load_model(model: str | None, device: torch.device, dtype: torch.dtype, atte
         raise LlavaAccelError(f"attention '{attention}' cannot be used here: {str(exc).splitlines()[0]}") from None
     except OSError as exc:
         raise ModelNotFoundError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
+    except SafetensorError as exc:
+        raise ModelNotFoundError(f"cannot load model from {path}: a weights file is corrupt or truncated "
+                                 f"({str(exc).splitlines()[0]}); copy or download it again") from None
     except ValueError as exc:
         if device_map is None:
             raise

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from ..checks import non_negative_int, positive_int
+from ..errors import OptionError
 from ..metrics.flops import flop_counter, image_token_id
 from ..metrics.mfu import cpu_model, device_peak
 from ..quiet import drop_stderr_lines
@@ -357,7 +359,13 @@ def profile_layers(backend: Any, samples: Sequence[Any], batch_sizes: Sequence[i
     ``samples`` are ``la.Sample``s (their images and prompts are prepared exactly as the backend does for
     generation). The prefill computes logits for the last position only, as ``generate`` does.
     """
-    batch_sizes = sorted(set(batch_sizes))
+    positive_int(repeats, "repeats")
+    non_negative_int(warmup, "warmup")
+    if not batch_sizes:
+        raise OptionError("batch_sizes is empty; pass one or more, like (1, 4, 8, 16)")
+    batch_sizes = sorted({positive_int(b, "each batch size") for b in batch_sizes})
+    if not samples:
+        raise OptionError("no samples to profile")
     if len(samples) < max(batch_sizes):
         samples = [samples[i % len(samples)] for i in range(max(batch_sizes))]
     model, device = backend.model, backend.device

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import ResultsFileError
+from ..result import read_json
 from .profile import LayerProfile
 from .spec import PROFILE_GRID
 from .store import OK, latest_records
@@ -170,7 +172,11 @@ def load_results(paths: list[str | Path]) -> Results:
         p = p / RESULTS if p.is_dir() else p
         sources.append(str(p))
         if p.suffix == ".json":
-            records.append({"status": OK, "result": json.loads(p.read_text())})
+            result = read_json(p, "a measure or profile result (--json of llava-accel measure or profile)")
+            if "config" not in result and result.get("kind") != "profile":
+                raise ResultsFileError(f"{p} is not a measure or profile result: it has no 'config' and is no "
+                                       "profile")
+            records.append({"status": OK, "result": result})
         else:
             jsonl.append(p)
     records = latest_records(jsonl) + records

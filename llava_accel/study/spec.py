@@ -221,6 +221,9 @@ def parse_spec(data: dict[str, Any], source: str = "spec") -> SweepSpec:
         grids_raw = [grids_raw]
     if not isinstance(grids_raw, list) or not all(isinstance(g, dict) for g in grids_raw):
         raise SpecError(f"{source}: field 'grid' must be an array of tables ([[grid]] in TOML)")
+    if not grids_raw and "profile" not in data:
+        raise SpecError(f"{source}: field 'grid' is empty, so there is nothing to measure; add [[grid]] tables, or "
+                        "remove it to measure the top-level fields as one grid")
     grids = []
     for i, raw in enumerate(grids_raw):
         where = f"{source} [[grid]] #{i + 1}"
@@ -288,7 +291,7 @@ def _scalar(key: str, value: Any, kind: type, where: str) -> Any:
     if kind is int:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise SpecError(f"{where}: field '{key}' must be a non-negative integer, got {value!r}")
-        if key in ("repetitions", "repeats", "limit") and value == 0:
+        if key in ("repetitions", "repeats", "limit", "max_new_tokens") and value == 0:
             raise SpecError(f"{where}: field '{key}' must be at least 1")
     elif not isinstance(value, kind):
         raise SpecError(f"{where}: field '{key}' must be a {kind.__name__}, got {value!r}")

@@ -14,13 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import LlavaAccelError
+from ..errors import ResultsFileError
 
 OK = "ok"
-
-
-class ResultsFileError(LlavaAccelError):
-    pass
 
 
 def read_records(path: str | Path) -> tuple[list[dict[str, Any]], int]:
@@ -123,14 +119,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 def latest_records(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """Every record of several results files, the last one per key (a torn last line is ignored, not cut)."""
+    """Every record of several results files, the last one per key (a torn last line is ignored, not cut); a
+    file with no record, or with a line that is not a sweep record, is a one-line ``ResultsFileError``."""
     by_key: dict[str, dict[str, Any]] = {}
-    unkeyed = []
     for p in paths:
-        for r in read_records(p)[0]:
-            if "key" in r:
-                by_key.pop(r["key"], None)
-                by_key[r["key"]] = r
-            else:
-                unkeyed.append(r)
-    return list(by_key.values()) + unkeyed
+        records = read_records(p)[0]
+        if not records:
+            raise ResultsFileError(f"{p} holds no results (no complete line); pass the results.jsonl of a sweep that "
+                                   "has finished a point")
+        for line, r in enumerate(records, 1):
+            if "key" not in r or "point" not in r:
+                raise ResultsFileError(f"{p}: record {line} is not a sweep record (no 'key' or 'point'); pass "
+                                       "results.jsonl files written by llava-accel sweep, or --json files as .json")
+            by_key.pop(r["key"], None)
+            by_key[r["key"]] = r
+    return list(by_key.values())

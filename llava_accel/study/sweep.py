@@ -10,6 +10,7 @@ tried.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import gc
 import platform
 import shutil
@@ -114,7 +115,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, retry_failed: bool = False, 
     ``study/lock.py``). ``dry_run`` lists the points still to run and writes nothing."""
     out = check_folder(out_dir, "sweep folder")
     points = spec.points(_available_backends(spec))
-    _check_models({p.model for p, _ in points})
+    check_points(spec, [p for p, _ in points])
     # under `accelerate launch` every process measures each point data parallel; the main one keeps the file
     dp, main = data_parallel(), is_main_process()
     log = log if main else _quiet
@@ -285,13 +286,60 @@ def _available_backends(spec: SweepSpec) -> list[str]:
     return [i.name for i in infos if i.available]
 
 
-def _check_models(models: set[str | None]) -> None:
-    """A model that cannot be found fails every point: say so once, before the sweep starts."""
-    from ..models.loading import resolve_model_path
+# measure() arguments a point sets itself (measure_point passes them): a spec sets them as its own fields
+POINT_ARGUMENTS = {"backend": "backends", "dataset": "tasks", "batch_size": "batch_sizes", "warmup": "warmup",
+                   "seed": "seed"}
 
-    for model in models:
-        if model is not None:
-            resolve_model_path(model)
+
+def check_points(spec: SweepSpec, points: list[Point | ProfilePoint]) -> None:
+    """Every mistake the points can show without running: models, tasks and their sources, backend and measure
+    options (names and values), image sizes. One ``SpecError`` before the first point, not one per point after
+    models load."""
+    import inspect
+
+    from ..image_size import check_img_size
+    from ..measure import check_arguments, measure
+    from ..models.architecture import load_config
+    from ..models.loading import DEFAULT_MODEL, resolve_model_path
+    from ..registry import accepted_options, backend_class
+    from ..tasks import check_task
+
+    measure_args = set(inspect.signature(measure).parameters) - set(POINT_ARGUMENTS)
+    configs: dict[str | None, Any] = {}
+    for point in points:
+        try:
+            if point.model not in configs:
+                configs[point.model] = load_config(resolve_model_path(point.model or DEFAULT_MODEL))
+            check_task(point.task, source=point.source)
+            check_img_size(configs[point.model], point.img_size)
+            _check_names(f"backend_options.{point.backend}", point.backend_options,
+                         accepted_options(backend_class(point.backend)) - {"model"})
+            if isinstance(point, Point):
+                _check_names("measure_options", point.measure_options, measure_args)
+                check_arguments({"batch_size": point.batch_size, "max_input_len": point.max_input_len,
+                                 "max_new_tokens": point.max_new_tokens, "limit": point.limit, "warmup": point.warmup,
+                                 "img_size": point.img_size, **point.measure_options})
+        except LlavaAccelError as exc:
+            raise SpecError(f"{spec.path}: {point.label()}: {exc}") from None
+    tables = [spec.defaults, *spec.grids]
+    unused = sorted({t for table in tables for t in table.get("task_sources", {})} - {p.task for p in points})
+    if unused:
+        raise SpecError(f"{spec.path}: field 'task_sources' names task '{unused[0]}', which no grid measures")
+    for name in sorted({b for table in tables for b in table.get("backend_options", {})}):
+        try:
+            backend_class(name)
+        except LlavaAccelError as exc:
+            raise SpecError(f"{spec.path}: field 'backend_options': {exc}") from None
+
+
+def _check_names(field: str, given: dict[str, Any], known: set[str]) -> None:
+    for name in given:
+        if name in POINT_ARGUMENTS:
+            raise SpecError(f"field '{field}' sets '{name}', which the spec's field '{POINT_ARGUMENTS[name]}' sets")
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            raise SpecError(f"field '{field}' has unknown option '{name}'"
+                            + (f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(known))}"))
 
 
 def _keep_spec(spec: SweepSpec, out: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .. import checks
 from ..errors import DatasetError, ImageError
 from .sample import Sample, SampleSet
 from .sources import SAMPLES_FILE, _jsonl_rows, open_image
@@ -39,6 +40,7 @@ def load_folder(path: str | os.PathLike, limit: int | None = None) -> SampleSet:
             raise DatasetError(f"{where}: 'references' must be a list of strings, got {refs!r:.60}")
         if not isinstance(row["prompt"], str) or not isinstance(row["image"], str):
             raise DatasetError(f"{where}: 'prompt' and 'image' must be strings")
+        checks.prompt(row["prompt"], f"{where}: 'prompt'")
         sample_id = str(row.get("id", f"{jsonl.parent.name}/{index}"))
         try:
             image = open_image(row["image"], jsonl.parent, where)

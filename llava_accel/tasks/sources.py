@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
+from .. import checks
 from ..errors import DatasetError, ImageError
 from ..preprocessing import load_image, upright_rgb
 from .sample import Sample, SampleSet
@@ -158,10 +159,15 @@ def _dataset_rows(ds, spec: TaskSpec, where: str, limit: int | None) -> Iterator
 
 def _jsonl_rows(path: Path, limit: int | None) -> Iterator[tuple[str, dict]]:
     rows = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
             if limit is not None and rows >= limit:
                 return
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                   f"{exc.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -225,7 +231,8 @@ def load_samples(spec: TaskSpec, split: str | None = None, limit: int | None = N
         except (ImageError, Image.DecompressionBombError) as exc:
             skipped.append((sample_id, str(exc)))
             continue
-        samples.append(Sample(image, spec.prompt(fields), references, id=sample_id, task=spec.name, fields=fields))
+        prompt = checks.prompt(spec.prompt(fields), f"{where}: the prompt")
+        samples.append(Sample(image, prompt, references, id=sample_id, task=spec.name, fields=fields))
     if skipped:
         warnings.warn(f"{spec.name}: skipped {len(skipped)} of {len(samples) + len(skipped)} samples with a missing "
                       f"or unreadable image (first: {skipped[0][0]}: {skipped[0][1]})", stacklevel=3)
