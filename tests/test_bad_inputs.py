@@ -20,6 +20,7 @@ from PIL import Image
 import llava_accel as la
 from llava_accel.cli import main
 from llava_accel.errors import LlavaAccelError, OptionError, PromptTooLongError, ResultsFileError
+from llava_accel.outputs import OutputPathError
 from llava_accel.tasks import synthetic_samples
 
 SPEC = 'backends = ["cpu"]\ntasks = ["synthetic-textvqa"]\nbatch_sizes = [1]\nlimit = 1\n'
@@ -248,7 +249,7 @@ API_CASES = {
     "measure warmup=-1": (lambda b, i: la.measure(b, synthetic_samples("synthetic-textvqa", 1), warmup=-1),
                           OptionError),
     "measure checkpoint in a missing folder": (lambda b, i: _measure(b, checkpoint="/no/such/dir/m.json"),
-                                               OptionError),
+                                               OutputPathError),
     "measure a prompt with <image>": (lambda b, i: la.measure(b, [la.Sample(i, "<image> hi")]), OptionError),
     "load_task limit=-1": (lambda b, i: la.load_task("synthetic-coco", limit=-1), OptionError),
     "load_task split on a synthetic task": (lambda b, i: la.load_task("synthetic-coco", split="train"),

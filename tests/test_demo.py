@@ -78,7 +78,7 @@ def test_demo_defaults_give_enough_timed_batches_and_write_under_runs(tmp_path, 
 
     def fake_run_demo(model, tasks, limit, batch_size, out_dir, backends, source):
         seen.update(limit=limit, batch_size=batch_size, out_dir=out_dir)
-        return [], out_dir
+        return [demo.DemoRow("cpu", tasks[0])], out_dir
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
     assert main(["demo", "--backends", "cpu"]) == 0
     # the timed batches a valid result needs (the warm-up batch reruns the first one)
