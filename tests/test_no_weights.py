@@ -1,7 +1,9 @@
 """``no_weights``: the shipped 7B architecture scaled down to widths of 64 (same vocabulary, 336-px CLIP, 576 image
 tokens), random weights made in the dtype asked, block by block; its refusals; the CLI flag and the sweep key."""
 
+import gc
 import json
+import weakref
 
 import pytest
 import torch
@@ -49,11 +51,15 @@ def test_random_weights_in_the_dtype_asked_with_the_real_processor(small):
 
 
 def test_quantised_block_by_block(small, monkeypatch):
-    made = []
+    made, full_precision = [], []
     materialize = no_weights.materialize
 
     def spy(model, device, dtype, seed=0, on_block=None):
         def hook(net, names):
+            gc.collect()  # the full-precision layers of the blocks made before: freed once quantised, not at the end
+            assert not [r for r in full_precision if r() is not None]
+            full_precision.extend(weakref.ref(net.get_submodule(n)) for n in names
+                                  if n.startswith("model.language_model") and n.endswith("proj"))
             on_block(net, names)
             made.append(names)
         return materialize(model, device, dtype, seed, hook)
@@ -67,7 +73,7 @@ def test_quantised_block_by_block(small, monkeypatch):
     assert [n for n in made if n[0].startswith(layer)][0] == [f"{layer}.{m}" for m in (
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
         "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")]
-    assert len(_answer(backend, n=1)) == 1
+    assert len(full_precision) == 2 * 7 and len(_answer(backend, n=1)) == 1
 
 
 def test_7b_memory_need_counted_on_meta():

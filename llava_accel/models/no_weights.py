@@ -125,10 +125,9 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype, seed
     """Give every parameter of a meta-device ``model`` memory on ``device`` in ``dtype`` and seeded random values,
     block by block, calling ``on_block`` after each (e.g. to quantise it before the next one is made)."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    modules = dict(model.named_modules())
     for names in _blocks(model).values():
         for name in names:
-            module = modules[name]
+            module = model.get_submodule(name)  # looked up now: holding the modules would keep those quantised since
             std = _initializer_range(model, name)
             for pname, param in list(module.named_parameters(recurse=False)):
                 made = torch.empty(param.shape, dtype=dtype if param.is_floating_point() else param.dtype,
