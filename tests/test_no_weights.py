@@ -1,7 +1,6 @@
 """``no_weights``: the shipped 7B architecture scaled down to widths of 64 (same vocabulary, 336-px CLIP, 576 image
 tokens), random weights made in the dtype asked, block by block; its refusals; the CLI flag and the sweep key."""
 
-import gc
 import json
 import weakref
 
@@ -56,7 +55,8 @@ def test_quantised_block_by_block(small, monkeypatch):
 
     def spy(model, device, dtype, seed=0, on_block=None):
         def hook(net, names):
-            gc.collect()  # the full-precision layers of the blocks made before: freed once quantised, not at the end
+            # the full-precision layers of the blocks made before: freed once quantised, not at the end (no
+            # gc.collect() here: the 7B must not wait for the cycle collector either)
             assert not [r for r in full_precision if r() is not None]
             full_precision.extend(weakref.ref(net.get_submodule(n)) for n in names
                                   if n.startswith("model.language_model") and n.endswith("proj"))
