@@ -16,8 +16,8 @@ model (quantisation happens in place) with the same weights, so its agreement wi
 quantisation causes on random weights: say nothing of quality from it, that needs the real weights.
 
 The model is built once in memory from the shipped config and shared by the backends (no 13.5 GB checkpoint on
-disk). Its processor is CLIP at 336 px with a word-level tokenizer covering the model's 32064 ids, one token per
-whitespace-separated word, so a prompt's token count is exact.
+disk). Its processor is llava-hf's (``llava_accel.models.processor``): CLIP at 336 px and LLaMA-2's tokenizer; the
+prompts are random words of one token each, so a prompt's token count is exact.
 """
 
 from __future__ import annotations
@@ -43,35 +43,14 @@ WARMUP = 2  # the first warm-up call of `compile` pays its compilation
 BUDGET_S = 450.0
 
 
-def word_processor(config: Any) -> Any:
-    """CLIP preprocessing at the model's image size and a word-level tokenizer with exactly the model's vocabulary."""
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    from llava_accel.models.tiny import TinySpec, build_processor
-
-    text = config.text_config
-    pad = text.pad_token_id if text.pad_token_id is not None else config.image_token_index + 1
-    specials = {0: "<unk>", text.bos_token_id: "<s>", text.eos_token_id: "</s>", config.image_token_index: "<image>",
-                pad: "<pad>"}
-    names = [specials.get(i, f"w{i}") for i in range(text.vocab_size)]
-    tok = Tokenizer(models.WordLevel({n: i for i, n in enumerate(names)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens([AddedToken(n, special=True) for n in specials.values()])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", text.bos_token_id)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                        pad_token="<pad>", padding_side="left")
-    vision = config.vision_config
-    return build_processor(tokenizer, TinySpec(image_size=vision.image_size, patch_size=vision.patch_size))
-
-
 def random_llava(config: Any, device: str, dtype: torch.dtype, name: str = MODEL_ID, seed: int = 0):
     """A ``LoadedModel`` with random weights, built in memory, for any backend to share."""
     from llava_accel.models.architecture import build_model
     from llava_accel.models.loading import LoadedModel
+    from llava_accel.models.processor import llava_processor
 
     model = build_model(config, device=device, dtype=dtype, seed=seed)
-    return LoadedModel(model, word_processor(config), name, path="", weights="random")
+    return LoadedModel(model, llava_processor(config), name, path="", weights="random")
 
 
 def random_head(loaded: Any, seed: int = 0) -> str:
@@ -97,23 +76,30 @@ def parse_rows(labels: str, options: dict[str, Any]) -> list[tuple[str, dict[str
 def random_samples(processor: Any, n: int, text_tokens: int = TEXT_TOKENS, seed: int = 0,
                    ragged: bool = False) -> list:
     """``n`` samples: noise images at the processor's size, prompts of exactly ``text_tokens`` templated text tokens
-    (``ragged``: between half of that and all of it, so that batches are left-padded)."""
+    (``ragged``: between half of that and all of it, so that batches are left-padded), made of random words that
+    are one token each in LLaMA-2's vocabulary (a draw whose count is off by a merge across words is drawn again)."""
+    import re
+
     import numpy as np
     from PIL import Image
 
     from llava_accel import Sample
     from llava_accel.truncation import count_text_tokens
 
-    template_tokens = count_text_tokens(processor.tokenizer, "", processor.tokenizer.convert_tokens_to_ids("<image>"))
+    tokenizer = processor.tokenizer
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    template_tokens = count_text_tokens(tokenizer, "", image_id)
+    words = sorted(p[1:] for p in tokenizer.get_vocab() if re.fullmatch("\u2581[a-z]{3,}", p))
     side = processor.image_processor.crop_size["height"]
     rng = np.random.default_rng(seed)
-    vocab = len(processor.tokenizer)
     samples = []
     for i in range(n):
         length = int(rng.integers(text_tokens // 2, text_tokens + 1)) if ragged else text_tokens
-        words = rng.integers(3, vocab - 64, length - template_tokens)  # below the special ids at the top
+        prompt = ""
+        while count_text_tokens(tokenizer, prompt, image_id) != length:
+            prompt = " ".join(words[w] for w in rng.integers(0, len(words), length - template_tokens))
         image = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
-        samples.append(Sample(image=image, prompt=" ".join(f"w{w}" for w in words), id=f"random-{i}"))
+        samples.append(Sample(image=image, prompt=prompt, id=f"random-{i}"))
     return samples
 
 

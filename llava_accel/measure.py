@@ -383,6 +383,9 @@ class _Run:
               "latency stability unknown (fewer than 2 batches)" if cv is None else
               f"{what} varies too much: coefficient of variation {100 * cv:.1f}% > {100 * max_cv:.0f}% (another "
               f"process on the machine? more warm-up?)")
+        weights = getattr(getattr(self.backend, "loaded", None), "weights", None)
+        check("weights", weights != "random", "weights: random (no_weights): WER, the task's metric and drift are "
+              "meaningless; latency, energy, FLOPs and memory stand")
         if self.config.get("count_flops") and not self.interrupted:
             check("flops", self.flops is not None, f"FLOP pass failed: {self.flop_error}")
         return Validity(not reasons, reasons, checks)

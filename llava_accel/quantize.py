@@ -9,6 +9,7 @@ precision unless ``include_vision=True``.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import warnings
@@ -27,6 +28,8 @@ INT4_GROUP_SIZES = (128, 64, 32)  # the largest one that divides a layer's input
 LANGUAGE_PARTS = ("model.language_model", "lm_head")
 VISION_PARTS = ("model.vision_tower", "model.multi_modal_projector")
 INSTALL_HINT = install_hint("quantize")
+# bytes a quantised weight takes (int4: half a byte plus a bf16 scale and zero point per group of 128)
+WEIGHT_BYTES = {"int8": 1.0, "int8-dynamic": 1.0, "int4": 0.5 + 4 / 128}
 
 
 @dataclass(frozen=True)
@@ -257,9 +260,11 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str, dtyp
     recipe = RECIPES[(mode, torch.device(device).type)]
     names = linear_names(model, include_vision)
     modules = dict(model.named_modules())
-    before = sum(linear_bytes(modules[n]) for n in names)
-    with _quiet():
-        recipe.apply(model, names)
+    before = sum(full_precision_bytes(modules[n], dtype) for n in names)
+    todo = [n for n in names if not is_quantized(modules[n])]  # with no_weights, made quantised block by block
+    if todo:
+        with _quiet():
+            recipe.apply(model, todo)
     modules = dict(model.named_modules())
     done, skipped = [n for n in names if is_quantized(modules[n])], [n for n in names if not is_quantized(modules[n])]
     groups = sorted({g for n in done if (g := getattr(modules[n].weight, "block_size", [0])[-1])}) if mode == "int4" \
@@ -268,6 +273,40 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str, dtyp
                           parts=list(LANGUAGE_PARTS + (VISION_PARTS if include_vision else ())),
                           quantized_linears=len(done), skipped_linears=skipped, weight_bytes_before=before,
                           weight_bytes_after=sum(linear_bytes(modules[n]) for n in names), group_sizes=groups)
+
+
+def full_precision_bytes(module: nn.Module, dtype: torch.dtype) -> int:
+    """Bytes of a Linear layer's weight and bias in ``dtype``, whether or not it has been quantised since."""
+    bias = module.bias() if callable(module.bias) else module.bias  # torch.ao's dynamic Linear: a method
+    return (module.in_features * module.out_features + (module.out_features if bias is not None else 0)) \
+        * dtype.itemsize
+
+
+@dataclass
+class BlockQuantizer:
+    """Quantises the Linear layers of each block as soon as ``no_weights`` has made it (``models.no_weights``), so
+    that a model is never whole in full precision: the 7B in fp32 for int8-dynamic would need 28 GB."""
+
+    mode: str
+    device: torch.device
+    include_vision: bool = False
+
+    def selects(self, name: str) -> bool:
+        prefixes = LANGUAGE_PARTS + (VISION_PARTS if self.include_vision else ())
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    def bytes_per_weight(self, name: str, module: nn.Module) -> float | None:
+        """What ``no_weights``' memory check counts per weight of ``module`` (None: it stays in full precision)."""
+        return WEIGHT_BYTES[self.mode] if self.selects(name) and _is_linear(module) else None
+
+    def __call__(self, model: nn.Module, names: list[str]) -> None:
+        chosen = [n for n in names if self.selects(n) and _is_linear(model.get_submodule(n))]  # no references kept
+        if chosen:
+            with _quiet():
+                RECIPES[(self.mode, self.device.type)].apply(model, chosen)
+            # the float layers swapped out sit in reference cycles (torch.ao's qconfig closes over its module), which
+            # only the cycle collector frees: without this, the 7B for int8-dynamic grew by its fp32 layers (1 GB each)
+            gc.collect()
 
 
 def is_quantized(module: nn.Module) -> bool:

@@ -243,19 +243,23 @@ def _stats(st: Stats | None) -> str:
 def format_table(m: MeasureResult) -> str:
     c, lat, en, fl, mem = m.config, m.latency, m.energy, m.flops, m.memory
     b = c.get("backend", {})
+    meaningless = "  (meaningless: weights: random)" if b.get("weights") == "random" else ""
     rows: list[tuple[str, str]] = [
         ("backend", f"{b.get('backend')}  {b.get('device')} {b.get('dtype')} attention={b.get('attention')} "
                     f"threads={b.get('threads')}" + (f" quantize={b['quantize']}" if b.get("quantize") else "")),
-        ("model", f"{b.get('model')}  (weights: {b.get('weights')})"),
+        ("model", f"{b.get('model')}  (weights: {b.get('weights')}"
+                  + (f", made in {b['weights_init_s']:.1f} s" if b.get("weights_init_s") is not None else "")
+                  + (f", peak RSS {_bytes(b['init_rss_peak_bytes'])} by then" if b.get("init_rss_peak_bytes") else "")
+                  + ")"),
         ("data", f"{c.get('dataset')}: {c.get('samples')} samples, batch {c.get('batch_size')}, "
                  f"max_new_tokens {c.get('max_new_tokens')}{' (fixed)' if c.get('fixed_new_tokens') else ''}"),
         ("inputs", f"max_input_len {c.get('max_input_len')} ({c.get('truncated_samples', 0)} prompts cut), "
                    f"{c.get('image_tokens')} image tokens per image (img_size {c.get('img_size') or 'native'}), "
                    f"{len(c.get('skipped_samples', []))} samples skipped"),
         ("", ""),
-        ("WER", "n/a (no references)" if m.wer is None else f"{m.wer:.2f} %"),
+        ("WER", "n/a (no references)" if m.wer is None else f"{m.wer:.2f} %{meaningless}"),
     ]
-    rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in m.native.items()]
+    rows += [(k, (f"{v:.4g}" if isinstance(v, float) else str(v)) + meaningless) for k, v in m.native.items()]
     rows += m.drift.rows() if m.drift else []
     rows += [
         ("latency / batch", _stats(lat.per_batch)),

@@ -109,8 +109,10 @@ def test_random_prompts_have_exact_text_token_counts():
     from llava_accel.models.architecture import load_config
     from llava_accel.truncation import count_text_tokens
 
-    processor = gpu_check.word_processor(load_config(gpu_check.MODEL_ID))
-    assert len(processor.tokenizer) == 32064 and processor.tokenizer.convert_tokens_to_ids("<image>") == 32000
+    from llava_accel.models.processor import llava_processor
+
+    processor = llava_processor(load_config(gpu_check.MODEL_ID))  # what gpu_check.random_llava gives the model
+    assert len(processor.tokenizer) == 32002 and processor.tokenizer.convert_tokens_to_ids("<image>") == 32000
     image_id = 32000
     equal = gpu_check.random_samples(processor, 3)
     assert [count_text_tokens(processor.tokenizer, s.prompt, image_id) for s in equal] == [204] * 3

@@ -87,9 +87,10 @@ class Backend(ABC):
 
     def __init__(self, model: str | LoadedModel | None = None, device: str | None = None,
                  dtype: str | torch.dtype | None = None, attention: str | None = None, device_map: str | None = None,
-                 max_memory: dict | None = None, offload_folder: str | None = None) -> None:
+                 max_memory: dict | None = None, offload_folder: str | None = None, no_weights: bool = False) -> None:
         """``device_map``, ``max_memory``, ``offload_folder``: a model spread over devices (see ``load_model``);
-        the inputs then go to its main device, which becomes ``self.device``."""
+        the inputs then go to its main device, which becomes ``self.device``. ``no_weights``: the model's shipped
+        architecture with random weights made in ``dtype`` on ``device`` (for speed and memory, never quality)."""
         self.check_device_map(device_map)
         self.device = resolve_device(place(device or self.default_device))  # 'cuda': this process's GPU
         self.dtype = resolve_dtype(dtype or self.default_dtype)
@@ -103,10 +104,15 @@ class Backend(ABC):
             self.loaded = model
         else:
             self.loaded = load_model(model, device=self.device, dtype=self.dtype, attention=attention,
-                                     device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+                                     device_map=device_map, max_memory=max_memory, offload_folder=offload_folder,
+                                     no_weights=no_weights, quantizer=self.block_quantizer() if no_weights else None)
             self.device = input_device(self.loaded.model, self.device)
         self.model = self.loaded.model
         self.processor = self.loaded.processor
+
+    def block_quantizer(self) -> Any:
+        """What quantises ``no_weights``' blocks as they are made (a ``quantize.BlockQuantizer``); None here."""
+        return None
 
     @classmethod
     def check_device_map(cls, device_map: str | None) -> None:
@@ -135,7 +141,9 @@ class Backend(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What ran: resolved settings, so that a result can always be traced back to its configuration."""
-        return {"backend": self.name, "model": self.loaded.model_id, "weights": self.loaded.weights,
+        init = {k: v for k, v in (("weights_init_s", self.loaded.init_s),
+                                  ("init_rss_peak_bytes", self.loaded.init_rss_peak_bytes)) if v is not None}
+        return {"backend": self.name, "model": self.loaded.model_id, "weights": self.loaded.weights, **init,
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
                 "attention": self.attention, "threads": torch.get_num_threads(), **self._placement()}
 

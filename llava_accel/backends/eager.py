@@ -12,7 +12,7 @@ import torch
 
 from ..errors import BackendUnavailableError
 from ..models.loading import LoadedModel
-from ..quantize import check_supported, preferred_dtype, quantize_model
+from ..quantize import BlockQuantizer, check_supported, preferred_dtype, quantize_model
 from .base import Backend, resolve_dtype
 
 
@@ -33,10 +33,13 @@ class EagerBackend(Backend):
         if quantize and placement.get("device_map"):
             raise BackendUnavailableError("quantize with device_map is not supported: parts offloaded to the CPU or "
                                           "disk cannot be quantised in place; quantise on one device instead")
-        super().__init__(model, device, dtype, attention, **placement)
         self.quantize, self.quantize_vision = quantize, quantize_vision
+        super().__init__(model, device, dtype, attention, **placement)
         self.quantization = quantize_model(self.model, quantize, self.device, self.dtype, quantize_vision) \
             if quantize else None
+
+    def block_quantizer(self) -> BlockQuantizer | None:
+        return BlockQuantizer(self.quantize, self.device, self.quantize_vision) if self.quantize else None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "quantize": self.quantize, "quantize_vision": self.quantize_vision,

@@ -36,7 +36,7 @@ class EagleBackend(EagerBackend):
     def __init__(self, model: str | LoadedModel | None = None, device: str | None = None,
                  dtype: str | torch.dtype | None = None, attention: str | None = None, head: str | None = None,
                  tree: str = "dynamic", depth: int | None = None, top_k: int | None = None,
-                 total_tokens: int | None = None) -> None:
+                 total_tokens: int | None = None, no_weights: bool = False) -> None:
         if tree not in TREES:
             raise OptionError(f"unknown draft tree '{tree}'; use one of {', '.join(TREES)}")
         defaults = TreeConfig() if tree == "dynamic" else TreeConfig.chain()
@@ -45,7 +45,7 @@ class EagleBackend(EagerBackend):
                      TreeConfig(depth, top_k or defaults.top_k, total_tokens or defaults.total_tokens))
         if dtype is None and torch.device(device or self.default_device).type == "cpu":
             dtype = CpuBackend.default_dtype  # fp16 on a CPU is emulated: slow, and not what `cpu` compares with
-        super().__init__(model, device, dtype, attention)
+        super().__init__(model, device, dtype, attention, no_weights=no_weights)
         reason = unsupported_reason(self.model)  # the loop runs the lean layers: generate's tokens only where they apply
         if reason:
             raise BackendUnavailableError(f"backend 'eagle' cannot decode '{self.loaded.model_id}' exactly as generate "

@@ -21,6 +21,7 @@ import torch
 from ..errors import LlavaAccelError, ModelNotFoundError, OptionError
 from ..outputs import check_folder
 from ..quiet import quiet_loading
+from ..quantize import BlockQuantizer
 
 DEFAULT_MODEL = str(Path(__file__).parent / "default")
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
@@ -36,6 +37,8 @@ class LoadedModel:
     model_id: str
     path: str
     weights: str  # "real" (pretrained checkpoint), "tiny-random", "tiny-trained" or "random"
+    init_s: float | None = None  # no_weights: seconds spent making the random weights
+    init_rss_peak_bytes: int | None = None  # no_weights: the process's peak RSS once they were made (on the CPU)
 
 
 def _offline() -> bool:
@@ -96,17 +99,30 @@ def weights_kind(path: str, model: str) -> str:
 
 def load_model(model: str | None, device: torch.device, dtype: torch.dtype, attention: str = "sdpa",
                device_map: str | None = None, max_memory: dict | None = None,
-               offload_folder: str | None = None) -> LoadedModel:
+               offload_folder: str | None = None, no_weights: bool = False,
+               quantizer: BlockQuantizer | None = None) -> LoadedModel:
     """Model (eval mode, on ``device`` in ``dtype``) and processor (left padding) for ``model``.
 
     ``device_map`` (one of ``DEVICE_MAPS``): spread the model over the GPUs, then the CPU, then ``offload_folder``
     on disk, with accelerate's big-model inference, within ``max_memory`` ({GPU index or "cpu": bytes or "8GiB"}).
     Under data parallelism each process spreads its model over its own share of the node's GPUs.
+    ``no_weights``: the model's architecture with random weights, made here (see ``no_weights.py``), each block
+    quantised by ``quantizer`` as it is made; no checkpoint is read, even where one is present.
     """
     from safetensors import SafetensorError
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     model = model or DEFAULT_MODEL
+    if no_weights:
+        if device_map is not None:
+            raise LlavaAccelError("no_weights makes the model on one device; drop device_map")
+        from .no_weights import random_model
+
+        from ..metrics.memory import rss_peak_bytes
+
+        net, processor, seconds = random_model(model, device, dtype, attention, quantizer=quantizer)
+        return LoadedModel(net, processor, model, path="", weights="random", init_s=seconds,
+                           init_rss_peak_bytes=rss_peak_bytes() if device.type == "cpu" else None)
     path = resolve_model_path(model)
     if not (Path(path) / "config.json").exists():
         raise ModelNotFoundError(f"{path} has no config.json; pass a folder written by save_pretrained")

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from .pareto import COSTS, by_task, pareto_front
 from .profile import LayerProfile
-from .rows import CHOICE, DIMENSIONS, TINY_WEIGHTS, WORKLOAD, Row
+from .rows import CHOICE, DIMENSIONS, RANDOM_WEIGHTS, TINY_WEIGHTS, WORKLOAD, Row
 
 Drawn = tuple[str | None, str]  # (path or None, what it shows or why it was not drawn)
 
@@ -27,6 +27,7 @@ def _title(rows: Sequence[Row], text: str) -> str:
     tiny = sorted({r.weights for r in rows if r.tiny})
     machines = sorted({r.machine for r in rows if r.machine})
     note = f" [{', '.join(tiny)} weights: tests the pipeline, not LLaVA-1.5-7B]" if tiny else ""
+    note += " [random weights: quality meaningless]" if any(r.weights == RANDOM_WEIGHTS for r in rows) else ""
     return f"{text}{note}\n{'; '.join(machines)}"
 
 

@@ -18,7 +18,7 @@ from ..result import _si
 from . import plots
 from .pareto import COSTS, by_task, pareto_front, recommend
 from .profile import answer_claims, layer_table
-from .rows import CHOICE, DIMENSIONS, TINY_WEIGHTS, Results, Row, load_results
+from .rows import CHOICE, DIMENSIONS, RANDOM_WEIGHTS, TINY_WEIGHTS, Results, Row, load_results
 from .spec import PROFILE_GRID
 from .tables import format_table
 
@@ -149,10 +149,14 @@ def _recommendations(rows: Sequence[Row], cost: str, budget: float | None) -> li
 def _weights_warning(rows: Sequence[Row], res: Results) -> str:
     tiny = sorted({r.weights for r in rows if r.tiny}
                   | {p.backend["weights"] for p in res.profiles if p.backend.get("weights") in TINY_WEIGHTS})
-    if not tiny:
-        return ""
-    return (f"> **Tiny or random weights ({', '.join(tiny)})**: these numbers test the pipeline on a small model; they "
-            "say nothing about LLaVA-1.5-7B's speed or quality.\n")
+    out = ""
+    if tiny:
+        out += (f"> **Tiny or random weights ({', '.join(tiny)})**: these numbers test the pipeline on a small model; "
+                "they say nothing about LLaVA-1.5-7B's speed or quality.\n")
+    if any(r.weights == RANDOM_WEIGHTS for r in rows):
+        out += ("> **weights: random** (no_weights): the model's own architecture with random weights; its speed, "
+                "energy, FLOPs and memory stand, its WER and task metrics are meaningless.\n")
+    return out
 
 
 def write_report(paths: Sequence[str | Path], out_dir: str | Path, latency_budget: float | None = None,

@@ -19,7 +19,8 @@ from .spec import PROFILE_GRID
 from .store import OK, latest_records
 
 DIMENSIONS = ("backend", "device", "dtype", "task", "batch_size", "max_input_len", "img_size")
-TINY_WEIGHTS = ("tiny-random", "tiny-trained", "random")
+TINY_WEIGHTS = ("tiny-random", "tiny-trained")  # small models: the pipeline, not LLaVA-1.5-7B
+RANDOM_WEIGHTS = "random"  # no_weights: the real architecture with random weights (speed and memory, not quality)
 CHOICE = ("backend", "batch_size", "max_input_len", "img_size")  # what a user picks for a task: a row's short label
 WORKLOAD = ("task", "batch_size", "max_input_len", "img_size")  # the work backends are compared on
 

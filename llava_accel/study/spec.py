@@ -26,7 +26,7 @@ class SpecError(LlavaAccelError):
 DIMENSIONS = {"backends": "names", "devices": "names", "dtypes": "names", "tasks": "names",
               "batch_sizes": "ints", "max_input_lens": "ints", "img_sizes": "ints"}
 SCALARS = {"name": str, "model": str, "limit": int, "repetitions": int, "max_new_tokens": int, "warmup": int,
-           "seed": int}
+           "seed": int, "no_weights": bool}  # no_weights: the model's architecture with random weights (every backend)
 # passed through: backend name -> load options; measure() keyword arguments; task name -> data source (a hub id,
 # a datasets.save_to_disk folder or a plain samples.jsonl folder, see docs/tasks.md)
 TABLES = ("backend_options", "measure_options", "task_sources")
@@ -150,6 +150,13 @@ def _dim(grid: dict[str, Any], key: str) -> list:
     return grid.get(key) or [None]
 
 
+def _backend_options(grid: dict[str, Any], backend: str) -> dict[str, Any]:
+    """A backend's load options in a grid; ``no_weights`` joins them only when set, so that the points (and their
+    keys in results.jsonl) of specs without it stay as they were."""
+    own = grid.get("backend_options", {}).get(backend, {})
+    return {"no_weights": True, **own} if grid.get("no_weights") else own
+
+
 def _expand(grid: dict[str, Any], available: list[str]) -> list[Point]:
     points = []
     product = itertools.product(_backends(grid["backends"], available), _dim(grid, "devices"), _dim(grid, "dtypes"),
@@ -160,7 +167,7 @@ def _expand(grid: dict[str, Any], available: list[str]) -> list[Point]:
                             batch_size=bs, max_input_len=length, img_size=img, limit=grid.get("limit"),
                             max_new_tokens=grid.get("max_new_tokens"), seed=grid.get("seed", 0), repetition=rep,
                             warmup=grid.get("warmup", 2),
-                            backend_options=grid.get("backend_options", {}).get(backend, {}),
+                            backend_options=_backend_options(grid, backend),
                             measure_options=grid.get("measure_options", {}),
                             source=grid.get("task_sources", {}).get(task)))
     return points
@@ -171,7 +178,7 @@ def _expand_profile(prof: dict[str, Any], defaults: dict[str, Any], available: l
     task = prof.get("task", "synthetic-textvqa")
     return [ProfilePoint(model=defaults.get("model"), backend=b, device=dev, dtype=dt, task=task,
                          batch_sizes=tuple(prof["batch_sizes"]), img_size=img, repeats=prof.get("repeats", 5),
-                         seed=defaults.get("seed", 0), backend_options=defaults.get("backend_options", {}).get(b, {}),
+                         seed=defaults.get("seed", 0), backend_options=_backend_options(defaults, b),
                          source=defaults.get("task_sources", {}).get(task))
             for b in backends for dev in _dim(prof, "devices") for dt in _dim(prof, "dtypes")
             for img in _dim(prof, "img_sizes")]
