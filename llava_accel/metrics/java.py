@@ -11,6 +11,8 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+from ..errors import install_hint
+
 PTB_JAR = Path("tokenizer") / "stanford-corenlp-3.4.1.jar"
 METEOR_JAR = Path("meteor") / "meteor-1.5.jar"
 
@@ -26,7 +28,7 @@ def java_jar(jar: Path) -> tuple[str, Path] | str:
     java = shutil.which("java")
     folder = pycocoevalcap_dir()
     if folder is None or not (folder / jar).is_file():
-        return "needs pycocoevalcap 1.2 (pip install 'llava-accel[coco]')"
+        return f"needs pycocoevalcap 1.2 ({install_hint('coco')})"
     if java is None:
         return "needs a Java runtime (`java` on PATH) to run pycocoevalcap's jars"
     return java, folder / jar
