@@ -6,7 +6,7 @@ that maximise expected tokens per second = tau(tree) / cycle time(tree).
   head (``acceptance.json``, written by ``eagle-train`` or ``measure_acceptance``).
 - The cycle time belongs to the machine: what one draft round of k nodes, the verification of n nodes and the fixed
   rest of a cycle cost here, at this batch size, thread count and dtype. ``measure_costs`` times them on random
-  cache contents in about two seconds (interleaved repeats, lower quartiles), and the result is cached per machine, model,
+  cache contents in about two seconds (interleaved repeats, the fastest of each), and the result is cached per machine, model,
   head, dtype, threads and batch size.
 
 cycle(depth, top_k, total) = draft(top_k) + (depth - 1) x round(top_k) + verify(total + 1) + feed, with ``verify``
@@ -17,7 +17,6 @@ reproducible from what ``describe()`` reports.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -163,10 +162,21 @@ def measure_costs(decoder: EagleDecoder, batch: int, threads: int | None = None,
     finally:
         decoder.stats = stats
         torch.set_num_threads(before)
-    draft_ms = {k: times[("draft", 1, k)] for k in TOP_KS}
-    round_ms = {k: max(times[("draft", DRAFT_DEPTH, k)] - draft_ms[k], 0.0) / (DRAFT_DEPTH - 1) for k in TOP_KS}
-    return CycleCosts(batch, threads, draft_ms, round_ms, {n: times[("verify", n)] for n in VERIFY_SIZES},
+    draft_ms = _monotone({k: times[("draft", 1, k)] for k in TOP_KS})
+    deep = _monotone({k: times[("draft", DRAFT_DEPTH, k)] for k in TOP_KS})
+    round_ms = {k: max(deep[k] - draft_ms[k], 0.0) / (DRAFT_DEPTH - 1) for k in TOP_KS}
+    return CycleCosts(batch, threads, draft_ms, round_ms, _monotone({n: times[("verify", n)] for n in VERIFY_SIZES}),
                       times[("feed",)])
+
+
+def _monotone(ms: dict[int, float]) -> dict[int, float]:
+    """Costs that cannot fall as the size grows (more nodes never cost less): each the least measured at its size
+    or above, since interference only ever adds time."""
+    out, least = {}, float("inf")
+    for size in sorted(ms, reverse=True):
+        least = min(least, ms[size])
+        out[size] = least
+    return dict(sorted(out.items()))
 
 
 def _cycle_parts(decoder: EagleDecoder, batch: int, prefix: int) -> dict[tuple, Callable[[], Any]]:
@@ -215,9 +225,9 @@ def _cycle_parts(decoder: EagleDecoder, batch: int, prefix: int) -> dict[tuple, 
 
 def _interleaved(parts: dict[Any, Callable[[], Any]], clock: Callable[[], float], budget_s: float
                  ) -> dict[Any, float]:
-    """Milliseconds of each part, the lower quartile over repeated passes (one call of every part per pass): a
-    warm-up pass, then as many passes as ``budget_s`` allows (3 to 30). The lower quartile, not the median: on a
-    machine shared with other work, a longer call is more often preempted, which would bias the ratios."""
+    """Milliseconds of each part, the fastest of repeated passes (one call of every part per pass): a warm-up pass,
+    then as many passes as ``budget_s`` allows (3 to 30). The fastest, not the median: other work on the machine
+    only ever adds time, and more often to a longer call, which would bias the ratios."""
     samples: dict[Any, list[float]] = {key: [] for key in parts}
     t0 = clock()
     for run in parts.values():
@@ -228,7 +238,7 @@ def _interleaved(parts: dict[Any, Callable[[], Any]], clock: Callable[[], float]
             start = clock()
             run()
             samples[key].append(1e3 * (clock() - start))
-    return {key: statistics.quantiles(v, n=4)[0] for key, v in samples.items()}
+    return {key: min(v) for key, v in samples.items()}
 
 
 def measure_acceptance(backend: Any, samples: Iterable, trees: Iterable[TreeConfig] | None = None,
