@@ -35,9 +35,11 @@ def test_cheap_verification_buys_a_wide_tree_and_dear_one_a_small_tree():
     assert tree_key(choose_tree(costs(0.05, round_ms=3.0), PROFILE).tree) == "1,1,1"  # dear head rounds: one token
 
 
-def test_the_faster_thread_count_wins_and_ties_go_to_fewer():
+def test_more_threads_must_win_by_a_margin():
     one, two = costs(0.05, threads=1), costs(0.05, threads=2)
     assert choose_tree([two, one], PROFILE).threads == 1  # equal costs
+    two.verify_ms = {n: v * 0.97 for n, v in two.verify_ms.items()}
+    assert choose_tree([two, one], PROFILE).threads == 1  # a few percent: within the noise of a shared machine
     two.verify_ms = {n: v / 2 for n, v in two.verify_ms.items()}
     choice = choose_tree([one, two], PROFILE)
     assert choice.threads == 2 and choice.cycle_ms == pytest.approx(two.cycle_ms(choice.tree))

@@ -38,6 +38,7 @@ FEED_WIDTH = 4  # accepted tokens fed back to the head per cycle (about the ship
 DRAFT_DEPTH = 5  # draft rounds are timed as (draft of this depth - draft of depth 1) / (DRAFT_DEPTH - 1)
 PREFIX = 128  # valid cache entries while timing (a short prompt with its image)
 BUDGET_S = 1.5  # time spent timing, after one warm-up pass
+THREAD_MARGIN = 1.1  # more threads for the cycles only when their expected tokens per second are this much higher
 
 
 def candidate_trees() -> list[TreeConfig]:
@@ -121,15 +122,18 @@ class TreeChoice:
 
 def choose_tree(costs: CycleCosts | list[CycleCosts], profile: AcceptanceProfile) -> TreeChoice:
     """The profiled tree, and thread count among those measured, with the most expected tokens per second
-    (tau / cycle time); ties go to the smaller tree, then to fewer threads. ``expected_speedup`` compares with plain
-    decoding at the same thread count: one token per target forward of one node."""
-    options = [(c, tree, tau) for c in (costs if isinstance(costs, list) else [costs]) for tree, tau in profile.trees()]
-
-    def score(option: tuple[CycleCosts, TreeConfig, float]) -> tuple[float, int, int, int]:
-        c, tree, tau = option
-        return tau / c.cycle_ms(tree), -tree.total_tokens, -tree.depth, -c.threads
-
-    c, tree, tau = max(options, key=score)
+    (tau / cycle time); ties go to the smaller tree. More threads must win by ``THREAD_MARGIN``: their timings
+    swing most when other work shares the cores. ``expected_speedup`` compares with plain decoding at the same
+    thread count: one token per target forward of one node."""
+    best = []
+    for c in sorted(costs if isinstance(costs, list) else [costs], key=lambda c: c.threads):
+        tree, tau = max(profile.trees(), key=lambda item: (item[1] / c.cycle_ms(item[0]), -item[0].total_tokens,
+                                                           -item[0].depth))
+        best.append((tau / c.cycle_ms(tree), c, tree, tau))
+    rate, c, tree, tau = best[0]
+    for other in best[1:]:
+        if other[0] > THREAD_MARGIN * rate:
+            rate, c, tree, tau = other
     cycle = c.cycle_ms(tree)
     return TreeChoice(tree, c.threads, tau, cycle, tau * c.verify(1) / cycle)
 
