@@ -123,7 +123,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--tree", default="dynamic")
+    p.add_argument("--tree", default="auto", help="auto (sized to this machine per batch size), dynamic or chain")
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--total-tokens", type=int, default=None)
@@ -150,6 +150,9 @@ def main() -> int:
     print("  ".join(header))
     for batch_size in [int(b) for b in args.batches.split(",")]:
         r = run_batch_size({"cpu": cpu, "eagle": eagle}, samples, batch_size, args.rounds, args.max_new_tokens)
+        chosen = eagle.describe().get("trees", {}).get(batch_size)
+        r["tree"] = chosen or eagle.describe()["tree"]
+        r["load_average"] = os.getloadavg()
         report["results"].append(r)
         tau = r["eagle_stats"]["mean_acceptance_length"]
         cells = (batch_size, f"{r['decode_speedup']:.2f}", f"{r['e2e_speedup']:.2f}",
@@ -159,6 +162,10 @@ def main() -> int:
                  f"{r['draft_ms_per_cycle']:.2f}", f"{r['verify_ms_per_cycle']:.2f}",
                  f"{r['head_forward_to_step']:.2f}", f"{r['verify_to_step']:.2f}")
         print("  ".join(str(c).rjust(len(h)) for c, h in zip(cells, header)), flush=True)
+        if chosen:
+            print(f"      tree chosen for batch {batch_size}: {chosen['tree']}, {chosen['threads']} thread(s) in the "
+                  f"cycles, profile tau {chosen['tau']}, predicted {chosen['expected_speedup']}x; load average "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=1)

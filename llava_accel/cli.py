@@ -317,7 +317,7 @@ def cmd_eagle_train(args: argparse.Namespace) -> int:
 
     given = {"tasks": args.task.split(",") if args.task else None, "samples_per_task": args.samples,
              "epochs": args.epochs, "lr": args.lr, "max_new_tokens": args.max_new_tokens, "device": args.device,
-             "dtype": args.dtype, "split": args.split, "source": args.source}
+             "dtype": args.dtype, "split": args.split, "source": args.source, "profile_samples": args.profile_samples}
     result = train_head(args.model, args.out, TrainConfig(**{k: v for k, v in given.items() if v is not None}))
     print(f"EAGLE head written to {result.out_dir}: {result.examples} examples, {result.steps} steps in "
           f"{result.seconds:.0f} s; last epoch: loss {result.loss:.4f}, top-1 agreement {result.top1:.3f}")
@@ -337,6 +337,9 @@ def _add_eagle_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="dtype of the target while collecting (default float32)")
     p.add_argument("--split", default=None, help="a named task's split (train on another than you benchmark on)")
     p.add_argument("--source", default=None, help="a named task's data folder or hub id (see load_task)")
+    p.add_argument("--profile-samples", type=int, default=None,
+                   help="held-out prompts per task for the acceptance profile that sizes the draft tree (default 16; "
+                        "0: none, the backend then keeps its default tree)")
 
 
 # name -> (function, help, adds the command's arguments). A new subcommand is one function and one row here.

@@ -6,6 +6,7 @@ import torch
 
 import llava_accel as la
 from llava_accel.eagle.head import DEFAULT_HEAD, HeadConfig, HeadError, fingerprint, load_head, new_head, save_head
+from llava_accel.eagle.sizing import AcceptanceProfile, candidate_trees, tree_key
 from llava_accel.eagle.train import Example, _batch, eagle_loss
 from llava_accel.models.tiny import build_tiny_llava
 from llava_accel.tasks import synthetic_samples
@@ -97,9 +98,12 @@ def test_trainer_writes_a_head_for_its_target(tmp_path, capsys):
     from llava_accel.cli import main
 
     code = main(["eagle-train", "--out", str(tmp_path), "--task", "synthetic-coco", "--samples", "6", "--epochs", "2",
-                 "--max-new-tokens", "8"])
+                 "--max-new-tokens", "8", "--profile-samples", "1"])
     assert code == 0 and "6 examples, 2 steps" in capsys.readouterr().out
+    profile = AcceptanceProfile.load(tmp_path)  # one tau per candidate tree, from one held-out prompt
+    assert profile.data["samples"] == 1 and set(profile.taus) == {tree_key(t) for t in candidate_trees()}
     backend = la.load_backend("eagle", device="cpu", dtype="float32", head=str(tmp_path))
+    assert backend.describe()["tree_mode"] == "auto" and 1 in backend.describe()["trees"]
     training = backend.head_config.training
     assert backend.head_config.target == "default" and training["tasks"] == ["synthetic-coco"]
     assert training["examples"] == 6 and training["loss"] > 0 and 0 <= training["top1"] <= 1

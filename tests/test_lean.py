@@ -118,3 +118,33 @@ def test_unknown_loop_and_unknown_option_are_one_line_errors(mixed_batch):
         la.load_backend("cpu").generate(mixed_batch[0][:1], mixed_batch[1][:1], max_new_tokens=0)
     with pytest.raises(LlavaAccelError, match="backend 'eagle' does not take loop, quantize; it takes: .*depth"):
         la.load_backend("eagle", device="cpu", loop="lean", quantize="int8")
+
+
+def test_row_split_linear_is_bit_identical_and_chosen_only_where_it_helps(monkeypatch):
+    """fp32 decode GEMVs split over the threads (``RowSplitLinear``): the same bits as ``F.linear`` (split up to
+    ``SPLIT_MAX_ROWS`` rows, ``F.linear`` itself beyond); picked for large fp32 weights with several threads only."""
+    from functools import partial
+
+    from llava_accel.lean import layer
+    from llava_accel.lean.layer import SPLIT_MIN_ELEMENTS, RowSplitLinear, projection
+
+    torch.manual_seed(0)
+    weight = torch.randn(4096, 512) * 0.05  # 2M elements
+    for max_rows in (1, 4):
+        monkeypatch.setattr(layer, "SPLIT_MAX_ROWS", max_rows)
+        for parts in (2, 4):
+            split = RowSplitLinear(weight, parts)
+            for shape in ((1, 512), (1, 1, 512), (4, 1, 512), (2, 3, 512), (16, 512)):
+                x = torch.randn(shape)
+                assert torch.equal(split(x), torch.nn.functional.linear(x, weight)), (parts, shape)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert isinstance(projection(weight), RowSplitLinear)
+        assert isinstance(projection(weight.bfloat16()), partial)  # bf16 GEMVs thread already
+        assert isinstance(projection(weight[:, :SPLIT_MIN_ELEMENTS // 4096 - 1]), partial)  # too small to pay
+        assert isinstance(projection(weight[:4095]), partial)  # rows do not split evenly
+        torch.set_num_threads(1)
+        assert isinstance(projection(weight), partial)
+    finally:
+        torch.set_num_threads(threads)

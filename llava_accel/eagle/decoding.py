@@ -99,6 +99,7 @@ class _Generation:
     max_new_tokens: int
     min_new_tokens: int
     streamer: Any
+    tree: TreeConfig  # the draft tree's shape for this call
     streamed: int = 0  # columns handed to the streamer
 
 
@@ -118,13 +119,20 @@ class EagleDecoder:
 
     # -- the loop --------------------------------------------------------------------------------------------------
     def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int | None = None,
-                 streamer: Any = None) -> torch.Tensor:
-        """New token ids (batch, steps), padded after EOS: the target's greedy tokens, as ``generate`` makes them."""
+                 streamer: Any = None, tree: TreeConfig | None = None, threads: int | None = None) -> torch.Tensor:
+        """New token ids (batch, steps), padded after EOS: the target's greedy tokens, as ``generate`` makes them.
+        ``tree``: this call's draft tree (default ``self.tree``); ``threads``: torch threads for the draft-verify
+        cycles (default: unchanged; the prefill always runs with the current count)."""
         if streamer is not None:
             streamer.put(inputs["input_ids"].cpu())
-        g = self._prefill(inputs, max_new_tokens, min_new_tokens or 0, streamer)
-        while not all(g.done):
-            self._step(g)
+        g = self._prefill(inputs, max_new_tokens, min_new_tokens or 0, streamer, tree or self.tree)
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads or before)
+            while not all(g.done):
+                self._step(g)
+        finally:
+            torch.set_num_threads(before)
         if streamer is not None:
             streamer.end()
         self.stats.new_tokens += sum(len(r) for r in g.rows)
@@ -132,10 +140,10 @@ class EagleDecoder:
         return torch.tensor([r + [self.pad] * (width - len(r)) for r in g.rows], dtype=torch.long,
                             device=inputs["input_ids"].device)
 
-    def _prefill(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new: int, streamer: Any
-                 ) -> _Generation:
+    def _prefill(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new: int, streamer: Any,
+                 tree: TreeConfig) -> _Generation:
         """The normal LLaVA forward (first token, prompt KV cache), then the prompt through the head."""
-        stats, tree = self.stats, self.tree
+        stats = self.stats
         mask = inputs["attention_mask"]
         batch, length = mask.shape
         device = mask.device
@@ -143,9 +151,7 @@ class EagleDecoder:
         embeds, hidden, prompt_cache = run_target(self.model, inputs)
         logits = F.linear(hidden[:, -1], self._lm_w).float()
         first = self._no_eos(logits, torch.tensor(min_new > 0, device=device)).argmax(-1)
-        # the draft writes up to top_k * (depth - 1) head entries past the prefix, verification total_tokens + 1
-        room = max(tree.total_tokens, tree.top_k * max(tree.depth - 1, 1)) + tree.depth + 2
-        capacity = length + max_new_tokens + room
+        capacity = length + max_new_tokens + self.room(tree)
         caches = self._caches(batch, capacity, hidden.dtype, device)
         self._rope = RopeTable(self.lm.rotary_emb, hidden, capacity)  # positions never exceed slots
         start = (mask == 0).sum(1)
@@ -161,7 +167,7 @@ class EagleDecoder:
         g = _Generation(*caches, rows=rows, done=[r[0] == self.eos or max_new_tokens <= 1 for r in rows],
                         root=first, root_positions=mask.sum(1), predicted=hidden[:, -1],
                         generated=torch.ones(batch, dtype=torch.long, device=device), max_new_tokens=max_new_tokens,
-                        min_new_tokens=min_new, streamer=streamer)
+                        min_new_tokens=min_new, streamer=streamer, tree=tree)
         self._stream(g)
         if not all(g.done):
             g.predicted = self._feed_head(torch.cat([embeds[:, 1:], F.embedding(first, self._embed_w)[:, None]], 1),
@@ -171,23 +177,12 @@ class EagleDecoder:
 
     def _step(self, g: _Generation) -> None:
         """Draft a tree, verify it, keep the accepted path, and feed it to the head."""
-        stats, depth = self.stats, self.tree.depth
+        stats, depth = self.stats, g.tree.depth
         t0 = self._clock()
         forbid = [g.generated + d < g.min_new_tokens if g.min_new_tokens else None for d in range(depth)]
         tree = self._draft(g, forbid)
         t1 = self._clock()
-        n = tree.tokens.shape[1]
-        allowed = torch.cat([g.target_cache.prefix_mask()[:, None].expand(-1, n, -1), tree.mask], -1)
-        hidden = self._target(tree.tokens, tree.positions(g.root_positions), allowed, g.target_cache)
-        logits = F.linear(hidden, self._lm_w)
-        if g.min_new_tokens:
-            self._no_eos(logits, g.generated[:, None] + tree.depths < g.min_new_tokens)
-        choice = logits.argmax(-1)
-        path, counts = accept(tree, choice, depth)
-        counts = counts.masked_fill(torch.tensor(g.done, device=counts.device), 0)  # finished rows keep nothing
-        g.target_cache.compact(path, counts)
-        emitted = choice.gather(1, path)
-        stats.verify_forwards += 1
+        hidden, emitted, path, counts = self._verify(g, tree, depth)
         t2 = self._clock()
         stats.draft_s += t1 - t0
         stats.verify_s += t2 - t1
@@ -217,6 +212,50 @@ class EagleDecoder:
         stats.draft_s += self._clock() - t3
 
     # -- pieces ----------------------------------------------------------------------------------------------------
+    def _verify(self, g: _Generation, tree: Tree, depth: int) -> tuple[torch.Tensor, ...]:
+        """One target forward over the tree, greedy acceptance and KV compaction: (final-norm hidden states of the
+        nodes, the target's tokens along each row's path, the path, accepted counts)."""
+        n = tree.tokens.shape[1]
+        allowed = torch.cat([g.target_cache.prefix_mask()[:, None].expand(-1, n, -1), tree.mask], -1)
+        hidden = self._target(tree.tokens, tree.positions(g.root_positions), allowed, g.target_cache)
+        logits = F.linear(hidden, self._lm_w)
+        if g.min_new_tokens:
+            self._no_eos(logits, g.generated[:, None] + tree.depths < g.min_new_tokens)
+        choice = logits.argmax(-1)
+        path, counts = accept(tree, choice, depth)
+        counts = counts.masked_fill(torch.tensor(g.done, device=counts.device), 0)  # finished rows keep nothing
+        g.target_cache.compact(path, counts)
+        self.stats.verify_forwards += 1
+        return hidden, choice.gather(1, path), path, counts
+
+    def synthetic_generation(self, batch: int, prefix: int, tree: TreeConfig) -> _Generation:
+        """A state as after a prefill of ``prefix`` tokens, with random cache contents, root and feature: what the
+        tree sizing (``sizing.measure_costs``) times drafts and verifications on; their cost does not depend on
+        the values."""
+        weight, text = self._lm_w, self.lm.config
+        gen = torch.Generator(device=weight.device).manual_seed(0)
+        capacity = prefix + 2 * self.room(tree)
+        caches = self._caches(batch, capacity, weight.dtype, weight.device)
+        self._rope = RopeTable(self.lm.rotary_emb, weight, capacity)
+        for cache in caches:
+            cache.kv.normal_(generator=gen)
+            cache.lens.fill_(prefix)
+            cache.begin = prefix
+        long = {"dtype": torch.long, "device": weight.device}
+        return _Generation(*caches, rows=[[] for _ in range(batch)], done=[False] * batch,
+                           root=torch.randint(text.vocab_size, (batch,), generator=gen, **long),
+                           root_positions=torch.full((batch,), prefix, **long),
+                           predicted=torch.randn(batch, text.hidden_size, generator=gen, device=weight.device,
+                                                 dtype=weight.dtype),
+                           generated=torch.ones(batch, **long), max_new_tokens=capacity, min_new_tokens=0,
+                           streamer=None, tree=tree)
+
+    @staticmethod
+    def room(tree: TreeConfig) -> int:
+        """Cache slots a cycle needs past the valid entries: the draft writes up to top_k * (depth - 1) head
+        entries, verification total_tokens + 1."""
+        return max(tree.total_tokens, tree.top_k * max(tree.depth - 1, 1)) + tree.depth + 2
+
     def _clock(self) -> float:
         if self._lm_w.is_cuda:
             torch.cuda.synchronize()
@@ -261,7 +300,7 @@ class EagleDecoder:
     def _draft(self, g: _Generation, forbid_eos: list[torch.Tensor | None]) -> Tree:
         """EAGLE-2 dynamic tree: expand the top-k nodes (by cumulative log-probability) of each depth in one head
         forward, then keep the best ``total_tokens`` of every drafted candidate."""
-        k, depth = self.tree.top_k, self.tree.depth
+        k, depth = g.tree.top_k, g.tree.depth
         cache, batch, device = g.head_cache, g.root.shape[0], g.root.device
         scores, tokens = self._log_probs(g.predicted, forbid_eos[0]).topk(k, dim=-1)
         zeros = torch.zeros(batch, k, dtype=torch.long, device=device)
@@ -296,7 +335,7 @@ class EagleDecoder:
             frontier = k + (d - 1) * k * k + best + 1
         cache.begin = base
         return select_tree(g.root, torch.cat(cand_tokens, 1), torch.cat(cand_scores, 1), torch.cat(cand_parents, 1),
-                           torch.cat(cand_depths, 1), self.tree.total_tokens, depth)
+                           torch.cat(cand_depths, 1), g.tree.total_tokens, depth)
 
     def _caches(self, batch: int, capacity: int, dtype: torch.dtype, device: torch.device) -> tuple[SlotCache, ...]:
         text = self.lm.config

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"  # of the target while collecting features; the head trains in float32
+    profile_samples: int = 16  # held-out prompts per task (seed data_seed + 1) for the acceptance profile; 0: none
+    # tasks of the profile (default: ``tasks``); the tree matters where answers are long: a one-word answer takes
+    # one verification whatever the tree
+    profile_tasks: list[str] | None = None
 
 
 @dataclass
@@ -175,4 +179,27 @@ def train_head(model: str | None, out_dir: str | Path, config: TrainConfig | Non
                              hidden_size=text.hidden_size, vocab_size=text.vocab_size,
                              training={**asdict(config), **asdict(result), "weights": backend.loaded.weights})
     result.out_dir = str(save(lambda p: save_head(head.eval(), head_config, p), Path(out_dir), "the EAGLE head"))
+    if config.profile_samples:
+        write_profile(backend.loaded, result.out_dir, config, log)
     return result
+
+
+def write_profile(loaded: Any, head_dir: str | Path, config: TrainConfig, log=print) -> Path:
+    """Measure the head's acceptance profile (tau of every candidate tree, ``sizing.measure_acceptance``) on
+    held-out prompts and save it beside the head, where the ``eagle`` backend's tree sizing reads it."""
+    from ..registry import load_backend
+    from .sizing import measure_acceptance
+
+    held_out = load_tasks(config.profile_tasks or config.tasks, config.split, config.profile_samples, config.source,
+                          config.data_seed + 1)
+    samples = [s for task_samples in held_out.values() for s in task_samples]
+    # an explicit tree: nothing to size while profiling
+    eagle = load_backend("eagle", model=loaded, device=config.device, dtype=config.dtype, head=str(head_dir),
+                         tree="dynamic")
+    t0 = time.perf_counter()
+    profile = measure_acceptance(eagle, samples, batch_size=config.generate_batch,
+                                 max_new_tokens=config.max_new_tokens)
+    profile.data.update(seed=config.data_seed + 1, seconds=round(time.perf_counter() - t0, 1))
+    path = profile.save(head_dir)
+    log(f"acceptance profile of {len(profile.taus)} trees on {len(samples)} held-out prompts: {path}")
+    return path

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import SlotCache
-from .layer import RopeTable, decoder_layer, layer_weights
+from .layer import RopeTable, decoder_layer, layer_weights, module_projection
 from .prefill import run_target
 
 # generation-config fields that make ``generate`` change the logits before its argmax
@@ -59,6 +59,7 @@ class GreedyDecoder:
         # read once: module lookups cost more than a small model's matmuls (the weights never move)
         self._embed_w = self.lm.embed_tokens.weight
         self._layers = [layer_weights(layer) for layer in self.lm.layers[: self.lm.config.num_hidden_layers]]
+        self._lm_head = module_projection(model.lm_head)
 
     def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int | None = None,
                  streamer: Any = None) -> torch.Tensor:
@@ -78,7 +79,7 @@ class GreedyDecoder:
         finished = torch.zeros(batch, dtype=torch.bool, device=mask.device)
         hidden, tokens = hidden[:, -1], []
         while True:
-            logits = self.model.lm_head(hidden).float()
+            logits = self._lm_head(hidden).float()
             if len(tokens) < (min_new_tokens or 0):
                 logits[:, self.eos] = float("-inf")
             token = logits.argmax(-1).masked_fill(finished, self.pad)
