@@ -102,7 +102,7 @@ def test_trainer_writes_a_head_for_its_target(tmp_path, capsys):
     assert code == 0 and "6 examples, 2 steps" in capsys.readouterr().out
     profile = AcceptanceProfile.load(tmp_path)  # one tau per candidate tree, from one held-out prompt
     assert profile.data["samples"] == 1 and set(profile.taus) == {tree_key(t) for t in candidate_trees()}
-    backend = la.load_backend("eagle", device="cpu", dtype="float32", head=str(tmp_path))
+    backend = la.load_backend("eagle", device="cpu", dtype="float32", head=str(tmp_path), tree="auto")
     assert backend.describe()["tree_mode"] == "auto" and 1 in backend.describe()["trees"]
     training = backend.head_config.training
     assert backend.head_config.target == "default" and training["tasks"] == ["synthetic-coco"]

@@ -84,7 +84,9 @@ def counted_measure(monkeypatch, tmp_path):
 
 
 def test_auto_tree_is_measured_once_cached_and_described(counted_measure, mixed_batch):
-    b = la.load_backend("eagle", device="cpu", dtype="float32")
+    assert la.load_backend("eagle", device="cpu", dtype="float32").describe()["tree_mode"] == "dynamic"  # the default
+    assert counted_measure == []
+    b = la.load_backend("eagle", device="cpu", dtype="float32", tree="auto")
     options = sizing.thread_options(b.device)
     assert options == sorted({1, torch.get_num_threads()})
     assert counted_measure == [(1, t) for t in options]  # batch 1 at load, at each thread count
@@ -104,7 +106,7 @@ def test_auto_tree_is_measured_once_cached_and_described(counted_measure, mixed_
     b.generate(images, prompts, max_new_tokens=4)
     assert counted_measure == [(n, t) for n in (1, 4) for t in options] and set(b.describe()["trees"]) == {1, 4}
     assert torch.get_num_threads() == threads  # the cycles' thread count is restored after the call
-    again = la.load_backend("eagle", device="cpu", dtype="float32")
+    again = la.load_backend("eagle", device="cpu", dtype="float32", tree="auto")
     again.generate(images, prompts, max_new_tokens=4)
     assert len(counted_measure) == 2 * len(options)  # both batch sizes read from the cache
     assert again.describe()["trees"][4]["measured"] == {
@@ -127,7 +129,7 @@ def test_a_head_without_profile_keeps_the_default_tree_and_says_so(counted_measu
     head = tmp_path / "head"
     shutil.copytree(DEFAULT_HEAD, head)
     (head / sizing.PROFILE_FILE).unlink()
-    b = la.load_backend("eagle", device="cpu", dtype="float32", head=str(head))
+    b = la.load_backend("eagle", device="cpu", dtype="float32", head=str(head), tree="auto")
     assert counted_measure == [] and b.tree_for(1) == TreeConfig()
     assert "no acceptance profile" in b.describe()["tree_reason"]
 
