@@ -22,14 +22,22 @@ def reset_rss_peak() -> bool:
         return False
 
 
-def rss_peak_bytes() -> int:
+def proc_kib_field(path: str, name: str) -> int | None:
+    """A "Name:  N kB" line of a /proc file (``/proc/self/status``, ``/proc/meminfo``) in bytes; None off Linux."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{name}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def rss_peak_bytes() -> int:
+    hwm = proc_kib_field("/proc/self/status", "VmHWM")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 

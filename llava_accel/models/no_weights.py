@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import LlavaAccelError
+from ..metrics.memory import proc_kib_field
 from ..quantize import BlockQuantizer
 from .architecture import SHIPPED_CONFIGS
 
@@ -50,13 +51,9 @@ def available_bytes(device: torch.device) -> int:
     """Memory that can be allocated now on ``device``: free GPU memory, or the kernel's MemAvailable."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available = proc_kib_field("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
