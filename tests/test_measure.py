@@ -156,7 +156,8 @@ def test_without_warmup_the_slow_batch_is_timed_and_flagged():
 def test_valid_when_every_check_passes():
     m = measure(SleepingBackend(prefill_s=0.05, step_s=0.05), synthetic_samples("synthetic-coco", 5),
                 max_new_tokens=3, warmup=1, count_flops=False, fixed_new_tokens=True)
-    assert m.validity.checks == {"complete": True, "warmup": True, "timed_batches": True, "stable": True}
+    assert m.validity.checks == {"complete": True, "warmup": True, "timed_batches": True, "stable": True,
+                                 "weights": True}
     assert m.validity.valid and "VALID" in str(m)
 
 
