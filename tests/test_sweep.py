@@ -274,18 +274,26 @@ run_sweep(load_spec(spec), out, measure=measure, load=lambda p: object(),
 """
 
 
-def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path):
+def start_blocked_sweep(tmp_path: Path, point: int) -> tuple[Path, Path, subprocess.Popen]:
+    """A sweep of SPEC in a process of its own, returned once it is blocked inside its ``point``-th point:
+    (spec path, results folder, the process)."""
     spec_path = write(tmp_path, SPEC)
     script = write(tmp_path, KILLED_RUN, "killed_run.py")
     out, flag = tmp_path / "out", tmp_path / "started"
-    proc = subprocess.Popen([sys.executable, str(script), str(spec_path), str(out), "4", str(flag)],
+    proc = subprocess.Popen([sys.executable, str(script), str(spec_path), str(out), str(point), str(flag)],
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the sweep never reached point {point} (exit code {proc.poll()})")
+        time.sleep(0.05)
+    return spec_path, out, proc
+
+
+def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path):
+    spec_path, out, proc = start_blocked_sweep(tmp_path, 4)
     try:
-        deadline = time.monotonic() + 120
-        while not flag.exists():
-            assert proc.poll() is None, "the sweep ended before the point it should block on"
-            assert time.monotonic() < deadline, "the sweep never reached its fourth point"
-            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -324,17 +332,8 @@ def test_dry_run_writes_nothing(tmp_path):
 def test_two_sweeps_on_one_folder_the_second_refuses_in_one_line(tmp_path):
     """A sweep holds its folder (flock on DIR/sweep.lock): a second one refuses at once, before any point; a dry run
     still lists; the kernel drops the lock when the holder dies (even by SIGKILL), so the folder is usable again."""
-    spec_path = write(tmp_path, SPEC)
-    script = write(tmp_path, KILLED_RUN, "killed_run.py")
-    out, flag = tmp_path / "out", tmp_path / "started"
-    proc = subprocess.Popen([sys.executable, str(script), str(spec_path), str(out), "1", str(flag)],
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    spec_path, out, proc = start_blocked_sweep(tmp_path, 1)
     try:
-        deadline = time.monotonic() + 120
-        while not flag.exists():
-            assert proc.poll() is None, "the first sweep ended before its first point"
-            assert time.monotonic() < deadline, "the first sweep never reached its first point"
-            time.sleep(0.05)
         fake = FakeMeasure()
         with pytest.raises(SweepLockedError, match=f"another sweep is writing to {out} \\(pid {proc.pid} ") as err:
             sweep(load_spec(spec_path), out, measure=fake)
