@@ -1,5 +1,6 @@
 """Which dtype the ``cpu`` backend should run in, per phase, on this CPU: fp32 with its decode GEMVs split over the
-threads (``lean.layer.RowSplitLinear``, the default), fp32 without that split (torch's one-row ``F.linear``), bf16.
+threads (``lean.layer.RowSplitLinear``, the default), fp32 without that split (torch's one-row ``F.linear``), bf16
+with its many-row matmuls in fp32 (``llava_accel.upcast``, bf16's default on a CPU without native bf16), bf16 without.
 
     python benchmarks/cpu_dtype.py [--batches 1,4] [--rounds 3] [--new-tokens 16] [--threads 2] [--out cpu_dtype.json]
 
@@ -71,7 +72,9 @@ def main() -> int:
         backends["fp32 one-core GEMV"] = la.load_backend("cpu", model=fp32, dtype="float32", threads=args.threads)
     finally:
         layer.SPLIT_MIN_ELEMENTS = split_min
-    backends["bf16"] = la.load_backend("cpu", model=bf16, dtype="bfloat16", threads=args.threads)
+    backends["bf16 upcast"] = la.load_backend("cpu", model=bf16, dtype="bfloat16", threads=args.threads, upcast=True)
+    plain = random_llava(config_250m(), "cpu", torch.bfloat16, name="random-250m")  # upcast patches its model
+    backends["bf16"] = la.load_backend("cpu", model=plain, dtype="bfloat16", threads=args.threads, upcast=False)
     weight_mb = {name: sum(t.numel() * t.element_size() for t in b.model.parameters()) / 1e6
                  for name, b in backends.items()}
     samples = random_samples(fp32.processor, max(map(int, args.batches.split(","))), PROMPT_TEXT_TOKENS)

@@ -43,6 +43,13 @@ def positive_float(value: Any, name: str) -> float:
     return float(value)
 
 
+def boolean(value: Any, name: str) -> bool:
+    """``True`` or ``False`` (not 1, not "yes": a string from a config file is a mistake upstream)."""
+    if not isinstance(value, bool):
+        raise _refuse(name, f"must be True or False, got {value!r}")
+    return value
+
+
 def optional(check: Callable[[Any, str], Any], value: Any, name: str) -> Any:
     """``check`` unless ``value`` is None (the documented "use the default")."""
     return None if value is None else check(value, name)

@@ -52,7 +52,8 @@ def _backend_options(args: argparse.Namespace) -> dict:
     options = {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("attention", args.attention),
                                  ("quantize", args.quantize), ("device_map", args.device_map),
                                  ("max_memory", args.max_memory and _max_memory(args.max_memory)),
-                                 ("offload_folder", args.offload_folder), ("loop", args.loop)) if v is not None}
+                                 ("offload_folder", args.offload_folder), ("loop", args.loop), ("head", args.head),
+                                 ("upcast", None if args.upcast is None else args.upcast == "on")) if v is not None}
     flags = {k: True for k in ("quantize_vision", "no_weights") if getattr(args, k)}
     return {**options, **flags}
 
@@ -82,6 +83,11 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
                         "the dtype asked: for speed and memory without the checkpoint; quality figures are meaningless")
     p.add_argument("--loop", default=None, choices=("lean", "generate"),
                    help="cpu backend: our greedy loop (lean, the default where it applies) or transformers' generate")
+    p.add_argument("--upcast", default=None, choices=("on", "off"),
+                   help="cpu backend: many-row matmuls of bf16 weights in float32 (default: on where the CPU has no "
+                        "native bf16)")
+    p.add_argument("--head", default=None, help="eagle backend: the draft head's folder (eagle-train writes one), or "
+                                                "'random' (a seeded random head: speed and losslessness checks only)")
     p.add_argument("--device-map", default=None, help="spread the model over the GPUs, then the CPU, then disk "
                                                       "(accelerate big-model inference): auto, balanced, "
                                                       "balanced_low_0, sequential; see docs/scaling.md")

@@ -1,5 +1,5 @@
-"""``cpu``: the fastest CPU path. bf16 only where the CPU computes it natively (else fp32), an explicit thread count,
-and greedy decoding in our own loop (``llava_accel.lean.greedy``: the same tokens as ``generate``, less work per
+"""``cpu``: the fastest CPU path. bf16 only where the CPU computes it natively (else fp32; bf16 weights asked for on
+such a CPU run their many-row matmuls in fp32: ``llava_accel.upcast``), an explicit thread count, and greedy decoding in our own loop (``llava_accel.lean.greedy``: the same tokens as ``generate``, less work per
 step), with ``generate`` kept where that loop does not apply."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from .. import checks
 from ..distributed import local_share
 from ..errors import BackendUnavailableError, OptionError
 from ..lean.greedy import GreedyDecoder, unsupported_reason
+from ..upcast import LOW_PRECISION, UPCAST_MIN_ROWS, upcast_gemms
 from .base import default_threads
 from .eager import EagerBackend
 
@@ -33,6 +34,18 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def upcast_on_cpu(backend: Any, upcast: bool | None) -> str:
+    """Apply ``llava_accel.upcast`` to a CPU backend's model where it pays (``upcast`` None: bf16/fp16 weights on a CPU
+    without native bf16) or where asked; returns what its ``describe()`` says about it."""
+    checks.optional(checks.boolean, upcast, "upcast")
+    if upcast is None:
+        upcast = backend.dtype in LOW_PRECISION and not cpu_has_native_bf16()
+    if not upcast:
+        return "off"
+    layers = upcast_gemms(backend.model)
+    return f"{layers} Linear layers compute inputs of >= {UPCAST_MIN_ROWS} rows in float32"
+
+
 class CpuBackend(EagerBackend):
     name = "cpu"
     default_device = "cpu"
@@ -40,8 +53,9 @@ class CpuBackend(EagerBackend):
 
     def __init__(self, model: str | None = None, device: str | None = None, dtype: str | None = None,
                  attention: str | None = None, threads: int | None = None, loop: str | None = None,
-                 **options: Any) -> None:
+                 upcast: bool | None = None, **options: Any) -> None:
         """``loop``: "lean" (our greedy loop; the default where it applies) or "generate" (transformers').
+        ``upcast``: many-row matmuls of bf16/fp16 weights in fp32 (default: where the CPU has no native bf16).
         ``options``: those of ``EagerBackend`` (``quantize``, ``quantize_vision``)."""
         if device not in (None, "cpu"):
             raise OptionError(f"the 'cpu' backend runs on the CPU only, not on '{device}'; leave the device out, or "
@@ -52,6 +66,7 @@ class CpuBackend(EagerBackend):
         self.threads = threads or local_share(default_threads())  # shared with data-parallel peers
         torch.set_num_threads(self.threads)
         super().__init__(model, "cpu", dtype, attention, **options)
+        self.upcast = upcast_on_cpu(self, upcast)
         self.loop_reason = unsupported_reason(self.model)  # why the lean loop cannot run this model, if it cannot
         if loop == "lean" and self.loop_reason:
             raise BackendUnavailableError(f"loop='lean' is not available: {self.loop_reason}; use loop='generate'")
@@ -76,4 +91,4 @@ class CpuBackend(EagerBackend):
         why = "native bf16" if cpu_has_native_bf16() else "no native bf16 on this CPU"
         loop = {"loop": self.loop, **({"loop_reason": self.loop_reason} if self.loop_reason else {})}
         return {**super().describe(), "threads": self.threads, "dtype_reason": f"default {self.default_dtype} ({why})",
-                **loop}
+                "upcast": self.upcast, **loop}

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 
 from ..eagle.decoding import EagleDecoder, TreeConfig
-from ..eagle.head import DEFAULT_HEAD, TRAIN_HINT, HeadError, load_head
+from ..eagle.head import DEFAULT_HEAD, TRAIN_HINT, HeadError, load_head, random_head
 from ..eagle.sizing import (PROFILE_FILE, AcceptanceProfile, TreeChoice, cache_key, cached_costs, choose_tree,
                             measure_costs, thread_options)
 from ..errors import BackendUnavailableError, OptionError
 from ..lean.greedy import unsupported_reason
 from ..models.loading import DEFAULT_MODEL, LoadedModel
-from .cpu import CpuBackend
+from .cpu import CpuBackend, upcast_on_cpu
 from .eager import EagerBackend
 
 TREES = ("auto", "dynamic", "chain")
@@ -43,8 +43,10 @@ class EagleBackend(EagerBackend):
     def __init__(self, model: str | LoadedModel | None = None, device: str | None = None,
                  dtype: str | torch.dtype | None = None, attention: str | None = None, head: str | None = None,
                  tree: str = "dynamic", depth: int | None = None, top_k: int | None = None,
-                 total_tokens: int | None = None, no_weights: bool = False) -> None:
-        """``tree``: "dynamic" (EAGLE-2 with ``depth``, ``top_k``, ``total_tokens``; defaults 6, 2, 10), "auto" (sized to
+                 total_tokens: int | None = None, no_weights: bool = False, upcast: bool | None = None) -> None:
+        """``head``: a folder written by eagle-train, or "random" (a seeded random head: for the cost of speculation and
+        its losslessness only, e.g. with ``no_weights``). ``upcast``: on a CPU, as the ``cpu`` backend's.
+        ``tree``: "dynamic" (EAGLE-2 with ``depth``, ``top_k``, ``total_tokens``; defaults 6, 2, 10), "auto" (sized to
         this machine per batch size from measured costs and the head's acceptance profile; any of ``depth``, ``top_k``,
         ``total_tokens`` given makes it "dynamic") or "chain"."""
         if tree not in TREES:
@@ -59,18 +61,21 @@ class EagleBackend(EagerBackend):
         if dtype is None and torch.device(device or self.default_device).type == "cpu":
             dtype = CpuBackend.default_dtype  # fp16 on a CPU is emulated: slow, and not what `cpu` compares with
         super().__init__(model, device, dtype, attention, no_weights=no_weights)
+        self.upcast = upcast_on_cpu(self, upcast) if self.device.type == "cpu" else "off"  # the same prefill as `cpu`
         reason = unsupported_reason(self.model)  # the loop runs the lean layers: generate's tokens only where they apply
         if reason:
             raise BackendUnavailableError(f"backend 'eagle' cannot decode '{self.loaded.model_id}' exactly as generate "
                                           f"does: {reason}; use 'eager'")
         if head is None and Path(self.loaded.path).resolve() != Path(DEFAULT_MODEL).resolve():
             raise HeadError(f"the 'eagle' backend needs a draft head for '{self.loaded.model_id}'; "
-                            + TRAIN_HINT.format(model=self.loaded.model_id))
+                            + TRAIN_HINT.format(model=self.loaded.model_id)
+                            + (" (or head='random', CLI --head random, to time it)" if no_weights else ""))
         self.head_path = str(head or DEFAULT_HEAD)
-        self.head, self.head_config = load_head(self.head_path, self.model, self.loaded.model_id)
+        self.head, self.head_config = random_head(self.model, self.loaded.model_id) if head == "random" else \
+            load_head(self.head_path, self.model, self.loaded.model_id)
         tokenizer = self.processor.tokenizer
         self.decoder = EagleDecoder(self.model, self.head, self.tree, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        self.profile = AcceptanceProfile.load(self.head_path) if tree == "auto" else None
+        self.profile = AcceptanceProfile.load(self.head_path) if tree == "auto" and head != "random" else None
         self.choices: dict[int, TreeChoice] = {}  # batch size -> the tree sized for it
         self.sizing: dict[int, dict[str, Any]] = {}  # batch size -> cache key and whether measured now
         if self.profile is not None:
@@ -114,7 +119,7 @@ class EagleBackend(EagerBackend):
         batch size sized so far, the choice (tree, threads for the cycles, tau, predicted cycle ms and speed-up) and,
         per thread count timed, the measured costs and the cache key they are stored under."""
         out = {**super().describe(), "head": self.head_path, "head_target": self.head_config.target,
-               "tree_mode": self.tree_mode, "verify_attention": "sdpa"}
+               "tree_mode": self.tree_mode, "verify_attention": "sdpa", "upcast": self.upcast}
         if self.tree_mode == "auto" and self.profile is None:
             return {**out, "tree": asdict(self.tree), "tree_reason": f"default tree: the head has no acceptance "
                     f"profile ({PROFILE_FILE}; eagle-train writes one) to size a tree with"}

@@ -94,6 +94,15 @@ def new_head(model: Any, seed: int = 0) -> EagleHead:
     return head.to(device=model.lm_head.weight.device, dtype=model.lm_head.weight.dtype).eval()
 
 
+def random_head(model: Any, model_id: str, seed: int = 0) -> tuple[EagleHead, HeadConfig]:
+    """A seeded random head for ``model``: it drafts almost nothing the target accepts, so it measures the cost of
+    speculation and its losslessness (e.g. at full size with ``no_weights``), never a speed-up."""
+    text = model.config.text_config
+    config = HeadConfig(target_name(model_id), fingerprint(model.lm_head), text.hidden_size, text.vocab_size,
+                        {"random": True, "seed": seed})
+    return new_head(model, seed), config
+
+
 def save_head(head: EagleHead, config: HeadConfig, out_dir: str | Path) -> Path:
     from safetensors.torch import save_file
 
