@@ -123,16 +123,20 @@ def materialize(model: nn.Module, device: torch.device, dtype: torch.dtype, seed
     block by block, calling ``on_block`` after each (e.g. to quantise it before the next one is made)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     for names in _blocks(model).values():
-        for name in names:
-            module = model.get_submodule(name)  # looked up now: holding the modules would keep those quantised since
-            std = _initializer_range(model, name)
-            for pname, param in list(module.named_parameters(recurse=False)):
-                made = torch.empty(param.shape, dtype=dtype if param.is_floating_point() else param.dtype,
-                                   device=device)
-                _fill(pname, made, std, generator)
-                module._parameters[pname] = nn.Parameter(made, requires_grad=False)
+        _make_block(model, names, device, dtype, generator)  # a function: no local keeps a made tensor alive
         if on_block is not None:
             on_block(model, names)
+
+
+def _make_block(model: nn.Module, names: list[str], device: torch.device, dtype: torch.dtype,
+                generator: torch.Generator) -> None:
+    for name in names:
+        module = model.get_submodule(name)  # looked up now: holding the modules would keep those quantised since
+        std = _initializer_range(model, name)
+        for pname, param in list(module.named_parameters(recurse=False)):
+            made = torch.empty(param.shape, dtype=dtype if param.is_floating_point() else param.dtype, device=device)
+            _fill(pname, made, std, generator)
+            module._parameters[pname] = nn.Parameter(made, requires_grad=False)
 
 
 def _initializer_range(model: nn.Module, name: str) -> float:
