@@ -137,3 +137,31 @@ def test_sweep_key():
     assert plain.backend_options == {"threads": 1}  # specs without the key: the same points as before
     with pytest.raises(SpecError, match="field 'no_weights' must be a bool"):
         parse_spec({**base, "no_weights": "yes"})
+
+
+def test_cpu_picks_bf16_where_fp32_does_not_fit(small, monkeypatch):
+    from llava_accel.backends import cpu
+
+    monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda cpuinfo=None: False)
+    monkeypatch.setattr(cpu.CpuBackend, "default_dtype", "float32")
+    assert la.load_backend("cpu", model=small, no_weights=True, threads=1).dtype == torch.float32  # it fits
+    need = {}
+
+    def short(device):  # room for the bf16 weights, not for the fp32 ones
+        return need["bf16"] + (need["fp32"] - need["bf16"]) // 2
+
+    need["fp32"] = no_weights.weight_bytes(_meta(small), torch.float32, lambda n, m: None)[0]
+    need["bf16"] = need["fp32"] // 2
+    monkeypatch.setattr(no_weights, "available_bytes", short)
+    backend = la.load_backend("cpu", model=small, no_weights=True, threads=1)
+    assert backend.dtype == torch.bfloat16 and backend.describe()["dtype_reason"].startswith(
+        "bfloat16: its float32 weights need about")
+    assert backend.describe()["upcast"] != "off"
+    with pytest.raises(NoWeightsError, match="in float32 needs about"):  # a dtype asked for is never swapped
+        la.load_backend("cpu", model=small, no_weights=True, threads=1, dtype="float32")
+
+
+def _meta(folder):
+    from llava_accel.models.architecture import build_model, load_config
+
+    return build_model(load_config(folder))

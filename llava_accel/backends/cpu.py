@@ -4,6 +4,7 @@ step), with ``generate`` kept where that loop does not apply."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +47,22 @@ def upcast_on_cpu(backend: Any, upcast: bool | None) -> str:
     return f"{layers} Linear layers compute inputs of >= {UPCAST_MIN_ROWS} rows in float32"
 
 
+def fp32_shortfall(model: Any) -> str | None:
+    """Why ``model``'s float32 weights do not fit in the memory available now (None: they fit, or their size is not
+    known offline: a hub id whose config is neither shipped nor cached, or a model object). Counted on the meta
+    device from its config: nothing is allocated."""
+    from ..models.architecture import SHIPPED_CONFIGS, build_model, load_config
+    from ..models.no_weights import available_bytes, weight_bytes
+
+    if not isinstance(model, str) or not (model in SHIPPED_CONFIGS or (Path(model) / "config.json").is_file()):
+        return None
+    need, block = weight_bytes(build_model(load_config(model)), torch.float32, lambda name, module: None)
+    free = available_bytes(torch.device("cpu"))
+    if need + block <= free:
+        return None
+    return f"its float32 weights need about {(need + block) / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is available"
+
+
 class CpuBackend(EagerBackend):
     name = "cpu"
     default_device = "cpu"
@@ -65,6 +82,12 @@ class CpuBackend(EagerBackend):
         checks.optional(checks.positive_int, threads, "threads")
         self.threads = threads or local_share(default_threads())  # shared with data-parallel peers
         torch.set_num_threads(self.threads)
+        why = "native bf16" if cpu_has_native_bf16() else "no native bf16 on this CPU"
+        self.dtype_reason = "asked" if dtype else f"default {self.default_dtype} ({why})"
+        if dtype is None and self.default_dtype == "float32" and not options.get("quantize"):
+            shortfall = fp32_shortfall(model)
+            if shortfall:  # half the memory, and the prefill still in fp32 (upcast)
+                dtype, self.dtype_reason = "bfloat16", f"bfloat16: {shortfall}"
         super().__init__(model, "cpu", dtype, attention, **options)
         self.upcast = upcast_on_cpu(self, upcast)
         self.loop_reason = unsupported_reason(self.model)  # why the lean loop cannot run this model, if it cannot
@@ -88,7 +111,6 @@ class CpuBackend(EagerBackend):
         return self.decoder.generate(inputs, max_new_tokens, min_new_tokens, streamer)
 
     def describe(self) -> dict[str, Any]:
-        why = "native bf16" if cpu_has_native_bf16() else "no native bf16 on this CPU"
         loop = {"loop": self.loop, **({"loop_reason": self.loop_reason} if self.loop_reason else {})}
-        return {**super().describe(), "threads": self.threads, "dtype_reason": f"default {self.default_dtype} ({why})",
+        return {**super().describe(), "threads": self.threads, "dtype_reason": self.dtype_reason,
                 "upcast": self.upcast, **loop}
