@@ -63,6 +63,17 @@ def fp32_shortfall(model: Any) -> str | None:
     return f"its float32 weights need about {(need + block) / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is available"
 
 
+def cpu_dtype(model: Any) -> tuple[str, str]:
+    """(dtype, why) for ``model`` on this CPU: bf16 where the CPU has it natively, else fp32 where the fp32 weights fit
+    in memory, else bf16 (half the memory; the prefill still in fp32: ``llava_accel.upcast``)."""
+    if cpu_has_native_bf16():
+        return "bfloat16", "default bfloat16 (native bf16)"
+    shortfall = fp32_shortfall(model)
+    if shortfall:
+        return "bfloat16", f"bfloat16: {shortfall}"
+    return "float32", "default float32 (no native bf16 on this CPU)"
+
+
 class CpuBackend(EagerBackend):
     name = "cpu"
     default_device = "cpu"
@@ -82,12 +93,9 @@ class CpuBackend(EagerBackend):
         checks.optional(checks.positive_int, threads, "threads")
         self.threads = threads or local_share(default_threads())  # shared with data-parallel peers
         torch.set_num_threads(self.threads)
-        why = "native bf16" if cpu_has_native_bf16() else "no native bf16 on this CPU"
-        self.dtype_reason = "asked" if dtype else f"default {self.default_dtype} ({why})"
-        if dtype is None and self.default_dtype == "float32" and not options.get("quantize"):
-            shortfall = fp32_shortfall(model)
-            if shortfall:  # half the memory, and the prefill still in fp32 (upcast)
-                dtype, self.dtype_reason = "bfloat16", f"bfloat16: {shortfall}"
+        self.dtype_reason = "asked"
+        if dtype is None and not options.get("quantize"):  # a quantize mode picks the dtype its kernels need
+            dtype, self.dtype_reason = cpu_dtype(model)
         super().__init__(model, "cpu", dtype, attention, **options)
         self.upcast = upcast_on_cpu(self, upcast)
         self.loop_reason = unsupported_reason(self.model)  # why the lean loop cannot run this model, if it cannot

@@ -27,7 +27,7 @@ from ..eagle.sizing import (PROFILE_FILE, AcceptanceProfile, TreeChoice, cache_k
 from ..errors import BackendUnavailableError, OptionError
 from ..lean.greedy import unsupported_reason
 from ..models.loading import DEFAULT_MODEL, LoadedModel
-from .cpu import CpuBackend, upcast_on_cpu
+from .cpu import cpu_dtype, upcast_on_cpu
 from .eager import EagerBackend
 
 TREES = ("auto", "dynamic", "chain")
@@ -59,7 +59,7 @@ class EagleBackend(EagerBackend):
         self.tree = (TreeConfig.chain(depth) if tree == "chain" else
                      TreeConfig(depth, top_k or defaults.top_k, total_tokens or defaults.total_tokens))
         if dtype is None and torch.device(device or self.default_device).type == "cpu":
-            dtype = CpuBackend.default_dtype  # fp16 on a CPU is emulated: slow, and not what `cpu` compares with
+            dtype = cpu_dtype(model)[0]  # the `cpu` backend's: fp16 on a CPU is emulated, and not what it compares with
         super().__init__(model, device, dtype, attention, no_weights=no_weights)
         self.upcast = upcast_on_cpu(self, upcast) if self.device.type == "cpu" else "off"  # the same prefill as `cpu`
         reason = unsupported_reason(self.model)  # the loop runs the lean layers: generate's tokens only where they apply
