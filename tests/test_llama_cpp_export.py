@@ -13,45 +13,31 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import llama_cpp  # noqa: E402
 
-from llava_accel.models.architecture import SHIPPED_CONFIGS  # noqa: E402
 from llava_accel.models.no_weights import random_model  # noqa: E402
 from llava_accel.models.processor import llava_tokenizer  # noqa: E402
 
-MODEL_7B = "llava-hf/llava-1.5-7b-hf"
 IDS = torch.tensor([[1, 3148, 1001, 29901, 32000, 29871, 13, 5618, 338, 32001, 32063, 2]])
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """A config.json folder: the 7B's, with 3 text layers and 2 vision layers of width 64."""
-    d = json.loads(SHIPPED_CONFIGS[MODEL_7B].read_text())
-    d["text_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2,
-                            num_key_value_heads=2)
-    d["vision_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
-    folder = tmp_path_factory.mktemp("small-7b")
-    (folder / "config.json").write_text(json.dumps(d))
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def exported(small, tmp_path_factory):
+def exported(small_7b, tmp_path_factory):
     # a shard limit below one layer's size: several shards, written while the model is made
-    return llama_cpp.export_text_model(small, tmp_path_factory.mktemp("hf"), seed=3, max_shard_bytes=100_000)
+    return llama_cpp.export_text_model(small_7b, tmp_path_factory.mktemp("hf"), seed=3, max_shard_bytes=100_000)
 
 
-def test_exported_model_is_no_weights_text_model(small, exported):
+def test_exported_model_is_no_weights_text_model(small_7b, exported):
     from transformers import LlamaForCausalLM
 
     index = json.loads((exported / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2
     llama = LlamaForCausalLM.from_pretrained(exported).eval()
     assert llama.dtype == torch.bfloat16 and llama.config.vocab_size == 32064
-    llava, _, _ = random_model(small, torch.device("cpu"), torch.bfloat16, "sdpa", seed=3)
+    llava, _, _ = random_model(small_7b, torch.device("cpu"), torch.bfloat16, "sdpa", seed=3)
     assert set(llama.state_dict()) == set(index["weight_map"])
     with torch.no_grad():
         ours, theirs = llama(input_ids=IDS).logits, llava(input_ids=IDS).logits
     assert ours.dtype == torch.bfloat16 and torch.equal(ours, theirs)
-    other, _, _ = random_model(small, torch.device("cpu"), torch.bfloat16, "sdpa", seed=4)
+    other, _, _ = random_model(small_7b, torch.device("cpu"), torch.bfloat16, "sdpa", seed=4)
     with torch.no_grad():
         assert not torch.equal(other(input_ids=IDS).logits, ours)  # the comparison can fail
 

@@ -1,7 +1,6 @@
 """``no_weights``: the shipped 7B architecture scaled down to widths of 64 (same vocabulary, 336-px CLIP, 576 image
 tokens), random weights made in the dtype asked, block by block; its refusals; the CLI flag and the sweep key."""
 
-import json
 import weakref
 
 import pytest
@@ -10,7 +9,6 @@ import torch
 import llava_accel as la
 from llava_accel.cli import main
 from llava_accel.models import no_weights
-from llava_accel.models.architecture import SHIPPED_CONFIGS
 from llava_accel.models.no_weights import NoWeightsError
 from llava_accel.study.spec import SpecError, parse_spec
 from llava_accel.tasks import synthetic_samples
@@ -18,25 +16,13 @@ from llava_accel.tasks import synthetic_samples
 MODEL_7B = "llava-hf/llava-1.5-7b-hf"
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """A folder holding only a config.json: the 7B's, with 2 layers of width 64 in each tower."""
-    d = json.loads(SHIPPED_CONFIGS[MODEL_7B].read_text())
-    d["text_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                            num_key_value_heads=2)
-    d["vision_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
-    folder = tmp_path_factory.mktemp("small-7b")
-    (folder / "config.json").write_text(json.dumps(d))
-    return str(folder)
-
-
 def _answer(backend, n=2, new=3):
     samples = synthetic_samples("synthetic-textvqa", n)
     return backend.generate([s.image for s in samples], [s.prompt for s in samples], max_new_tokens=new)
 
 
-def test_random_weights_in_the_dtype_asked_with_the_real_processor(small):
-    backend = la.load_backend("cpu", model=small, no_weights=True, dtype="bfloat16", threads=1)
+def test_random_weights_in_the_dtype_asked_with_the_real_processor(small_7b):
+    backend = la.load_backend("cpu", model=small_7b, no_weights=True, dtype="bfloat16", threads=1)
     params = list(backend.model.parameters())
     assert {p.dtype for p in params} == {torch.bfloat16} and not any(p.is_meta for p in params)
     norm = backend.model.model.language_model.norm.weight
@@ -45,11 +31,11 @@ def test_random_weights_in_the_dtype_asked_with_the_real_processor(small):
     assert described["weights"] == "random" and described["weights_init_s"] >= 0
     outputs = _answer(backend)
     assert [o.image_tokens for o in outputs] == [576, 576] and all(len(o.token_ids) <= 3 for o in outputs)
-    again = la.load_backend("cpu", model=small, no_weights=True, dtype="bfloat16", threads=1)
+    again = la.load_backend("cpu", model=small_7b, no_weights=True, dtype="bfloat16", threads=1)
     assert all(torch.equal(a, b) for a, b in zip(params, again.model.parameters()))  # same seed, same weights
 
 
-def test_quantised_block_by_block(small, monkeypatch):
+def test_quantised_block_by_block(small_7b, monkeypatch):
     made, full_precision = [], []
     materialize = no_weights.materialize
 
@@ -65,7 +51,7 @@ def test_quantised_block_by_block(small, monkeypatch):
         return materialize(model, device, dtype, seed, hook)
 
     monkeypatch.setattr(no_weights, "materialize", spy)
-    backend = la.load_backend("cpu", model=small, no_weights=True, quantize="int8-dynamic", threads=1)
+    backend = la.load_backend("cpu", model=small_7b, no_weights=True, quantize="int8-dynamic", threads=1)
     report = backend.describe()["quantization"]
     assert report["quantized_linears"] == 2 * 7 + 1 and report["skipped_linears"] == []  # 7 per layer + LM head
     assert report["weight_bytes_after"] < report["weight_bytes_before"]
@@ -115,9 +101,9 @@ def test_refuses_a_model_whose_config_is_not_shipped(tmp_path):
         la.load_backend("eager", model=MODEL_7B, device="cpu", no_weights=True, device_map="auto")
 
 
-def test_cli_measure_says_weights_random_and_flags_quality(small, tmp_path, capsys):
+def test_cli_measure_says_weights_random_and_flags_quality(small_7b, tmp_path, capsys):
     out = tmp_path / "m.json"
-    assert main(["measure", "--backend", "cpu", "--model", small, "--no-weights", "--task", "synthetic-textvqa",
+    assert main(["measure", "--backend", "cpu", "--model", small_7b, "--no-weights", "--task", "synthetic-textvqa",
                  "--limit", "2", "--max-new-tokens", "2", "--warmup", "1", "--no-flops", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "(weights: random, made in" in table and "(meaningless: weights: random)" in table
@@ -139,26 +125,26 @@ def test_sweep_key():
         parse_spec({**base, "no_weights": "yes"})
 
 
-def test_cpu_picks_bf16_where_fp32_does_not_fit(small, monkeypatch):
+def test_cpu_picks_bf16_where_fp32_does_not_fit(small_7b, monkeypatch):
     from llava_accel.backends import cpu
 
     monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda cpuinfo=None: False)
     monkeypatch.setattr(cpu.CpuBackend, "default_dtype", "float32")
-    assert la.load_backend("cpu", model=small, no_weights=True, threads=1).dtype == torch.float32  # it fits
+    assert la.load_backend("cpu", model=small_7b, no_weights=True, threads=1).dtype == torch.float32  # it fits
     need = {}
 
     def short(device):  # room for the bf16 weights, not for the fp32 ones
         return need["bf16"] + (need["fp32"] - need["bf16"]) // 2
 
-    need["fp32"] = no_weights.weight_bytes(_meta(small), torch.float32, lambda n, m: None)[0]
+    need["fp32"] = no_weights.weight_bytes(_meta(small_7b), torch.float32, lambda n, m: None)[0]
     need["bf16"] = need["fp32"] // 2
     monkeypatch.setattr(no_weights, "available_bytes", short)
-    backend = la.load_backend("cpu", model=small, no_weights=True, threads=1)
+    backend = la.load_backend("cpu", model=small_7b, no_weights=True, threads=1)
     assert backend.dtype == torch.bfloat16 and backend.describe()["dtype_reason"].startswith(
         "bfloat16: its float32 weights need about")
     assert backend.describe()["upcast"] != "off"
     with pytest.raises(NoWeightsError, match="in float32 needs about"):  # a dtype asked for is never swapped
-        la.load_backend("cpu", model=small, no_weights=True, threads=1, dtype="float32")
+        la.load_backend("cpu", model=small_7b, no_weights=True, threads=1, dtype="float32")
 
 
 def _meta(folder):
