@@ -80,7 +80,7 @@ def test_convert_keeps_the_weights_bit_for_bit(exported, converted):
     tokens = reader.fields["tokenizer.ggml.tokens"]
     assert len(tokens.data) == 32064
     for ours, theirs in [("model.embed_tokens.weight", "token_embd.weight"), ("lm_head.weight", "output.weight"),
-                         ("model.layers.2.mlp.down_proj.weight", "blk.2.ffn_down.weight")]:
+                         ("model.layers.1.mlp.down_proj.weight", "blk.1.ffn_down.weight")]:
         assert tensors[theirs].tensor_type == gguf.GGMLQuantizationType.BF16
         raw = torch.from_numpy(tensors[theirs].data.copy()).view(torch.bfloat16).reshape(weights[ours].shape)
         assert torch.equal(raw, weights[ours])
