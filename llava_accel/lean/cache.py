@@ -55,8 +55,9 @@ class SlotCache:
         self._filled(layer_keys[0].shape[2], start)
 
     def load_prefill(self, prompt_cache: Any, start: torch.Tensor) -> None:
-        """``load`` from the ``DynamicCache`` of a transformers forward, emptying it layer by layer: the prompt's
-        entries are never held twice (the 7B's, 780 tokens in fp32: 0.8 GB)."""
+        """``load`` from the ``DynamicCache`` of a transformers forward, emptying it layer by layer: each layer's
+        prompt entries are freed once copied (the 7B's, 780 tokens in fp32: 0.8 GB in all), not when the caller's
+        reference goes (EAGLE's loop keeps it until the answer is done)."""
         n = prompt_cache.layers[0].keys.shape[2]
         for i, layer in enumerate(prompt_cache.layers):
             self._put(i, layer.keys, layer.values)
