@@ -232,7 +232,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{r['row']:<17} {r['describe']['dtype']:<8} {r['load_s']:>7.0f} {r['prefill_s']:>9.1f} "
             f"{100 * r['prefill_mfu']:>4.0f}% {r['decode_s_per_token']:>12.3f} {r['decode_floor_s']:>6.3f} "
-            f"{r['decode_s_per_token'] / r['decode_floor_s']:>7.2f} {r['e2e_4_s']:>8.1f} {r['e2e_s']:>6.1f}@{r['new_tokens']:<2} "
+            f"{r['decode_s_per_token'] / r['decode_floor_s']:>7.2f} {r['e2e_4_s']:>8.1f} "
+            f"{r['e2e_s']:>6.1f}@{r['new_tokens']:<2} "
             f"{r['peak_rss_bytes'] / GIB:>6.2f}Gi {lcpp:>15}")
     lines.append(f"reference study, CPU: {REFERENCE_CPU_S} s per TextVQA sample")
     return "\n".join(lines)

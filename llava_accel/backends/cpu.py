@@ -1,5 +1,6 @@
-"""``cpu``: the fastest CPU path. bf16 only where the CPU computes it natively (else fp32; bf16 weights asked for on
-such a CPU run their many-row matmuls in fp32: ``llava_accel.upcast``), an explicit thread count, and greedy decoding in our own loop (``llava_accel.lean.greedy``: the same tokens as ``generate``, less work per
+"""``cpu``: the fastest CPU path. bf16 only where the CPU computes it natively, else fp32 where the model fits in it
+(bf16 weights on such a CPU run their many-row matmuls in fp32: ``llava_accel.upcast``), an explicit thread count,
+and greedy decoding in our own loop (``llava_accel.lean.greedy``: the same tokens as ``generate``, less work per
 step), with ``generate`` kept where that loop does not apply."""
 
 from __future__ import annotations
@@ -52,12 +53,11 @@ def fp32_shortfall(model: Any) -> str | None:
     known offline: a hub id whose config is neither shipped nor cached, or a model object). Counted on the meta
     device from its config: nothing is allocated."""
     from ..models.architecture import SHIPPED_CONFIGS, build_model, load_config
-    from ..models.no_weights import available_bytes, weight_bytes
+    from ..models.no_weights import memory_need
 
     if not isinstance(model, str) or not (model in SHIPPED_CONFIGS or (Path(model) / "config.json").is_file()):
         return None
-    need, block = weight_bytes(build_model(load_config(model)), torch.float32, lambda name, module: None)
-    free = available_bytes(torch.device("cpu"))
+    need, block, free = memory_need(build_model(load_config(model)), torch.device("cpu"), torch.float32)
     if need + block <= free:
         return None
     return f"its float32 weights need about {(need + block) / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is available"

@@ -61,7 +61,8 @@ class EagleBackend(EagerBackend):
         if dtype is None and torch.device(device or self.default_device).type == "cpu":
             dtype = cpu_dtype(model)[0]  # the `cpu` backend's: fp16 on a CPU is emulated, and not what it compares with
         super().__init__(model, device, dtype, attention, no_weights=no_weights)
-        self.upcast = upcast_on_cpu(self, upcast) if self.device.type == "cpu" else "off"  # the same prefill as `cpu`
+        # on a CPU, the same prefill as the `cpu` backend's
+        self.upcast = upcast_on_cpu(self, upcast) if self.device.type == "cpu" else "off"
         reason = unsupported_reason(self.model)  # the loop runs the lean layers: generate's tokens only where they apply
         if reason:
             raise BackendUnavailableError(f"backend 'eagle' cannot decode '{self.loaded.model_id}' exactly as generate "

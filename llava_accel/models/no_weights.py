@@ -87,12 +87,19 @@ def weight_bytes(model: nn.Module, dtype: torch.dtype, quantized_bytes: Quantize
     return int(total), largest
 
 
+def memory_need(model: nn.Module, device: torch.device, dtype: torch.dtype,
+                quantizer: BlockQuantizer | None = None) -> tuple[int, int, int]:
+    """(bytes of the weights, bytes of the largest block in ``dtype``, bytes available on ``device``) for a model on
+    the meta device: it fits where the first two together are at most the third."""
+    need, block = weight_bytes(model, dtype, quantizer.bytes_per_weight if quantizer else lambda name, module: None)
+    return need, block, available_bytes(device)
+
+
 def check_memory(model_id: str, model: nn.Module, device: torch.device, dtype: torch.dtype,
                  quantizer: BlockQuantizer | None = None) -> int:
     """Refuse, in one line, before anything is allocated, a model whose weights do not fit in the memory free on
     ``device``. Returns the bytes the weights need."""
-    need, block = weight_bytes(model, dtype, quantizer.bytes_per_weight if quantizer else lambda name, module: None)
-    free = available_bytes(device)
+    need, block, free = memory_need(model, device, dtype, quantizer)
     if need + block > free:
         what = f"in {_name(dtype)}" + (f" with quantize={quantizer.mode}" if quantizer else "")
         raise NoWeightsError(f"no_weights: {model_id} {what} needs about {(need + block) / 2**30:.1f} GiB for its "
