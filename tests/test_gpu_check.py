@@ -66,7 +66,10 @@ def test_pipeline_runs_on_cpu_without_gpu_image_missing_packages(tmp_path):
     assert skipped["backend"] == "flash" and skipped["reason"].startswith("needs the flash-attn package")
     for p in report["points"]:
         assert p["floor"]["prompt_len"] == 780  # 576 image + 204 text tokens
-        assert 0 < p["floor"]["latency_s"] < p["latency_s"]["mean"] and p["latency_over_floor"] > 1
+        # the floor is a model (FLOPs / peak, bytes / bandwidth); on a loaded CPU the cached peak can be low, so the
+        # measured time is not asserted to exceed it (no timed assertions): only the ratio's arithmetic
+        assert p["floor"]["latency_s"] > 0
+        assert p["latency_over_floor"] == pytest.approx(p["latency_s"]["mean"] / p["floor"]["latency_s"])
         assert p["flops"]["prefill_per_sample"] > 0 and p["energy"]["label"] == "estimated"
         assert p["describe"]["attention"] == "sdpa" and p["describe"]["weights"] == "random"
     points = {p["backend"]: p for p in report["points"]}
