@@ -56,13 +56,17 @@ class Row:
     gguf: str | None = None  # llama.cpp's counterpart at the same precision
     note: str = ""
     new_tokens: int | None = None  # fewer than --new-tokens for the rows whose every token costs seconds
+    recipe: str | None = None  # the quantisation library this row pins (by package), where the CPU would pick another
 
 
 ROWS = {
-    "cpu-bf16": Row("cpu", {"dtype": "bfloat16"}, "bf16", "bf16 weights; prefill matmuls in fp32 (upcast)"),
+    "cpu-bf16": Row("cpu", {"dtype": "bfloat16"}, "bf16", "bf16 weights; prefill in fp32 where the CPU has no native "
+                    "bf16 (upcast); decode on our kernels"),
     "cpu-int8-dynamic": Row("cpu", {"quantize": "int8-dynamic"}, "q8_0", "fp32 activations, int8 GEMM (fbgemm)"),
     "cpu-int8": Row("cpu", {"quantize": "int8"}, "q8_0", "bf16 activations, int8 weights (quanto)"),
-    "cpu-int4": Row("cpu", {"quantize": "int4"}, "q4_0", "bf16 activations, int4 weights (torchao)"),
+    "cpu-int4": Row("cpu", {"quantize": "int4"}, "q4_0", "int4 weights: our Q4_0 kernel where it builds"),
+    "cpu-int4-torchao": Row("cpu", {"quantize": "int4"}, "q4_0", "torchao's int4 kernel (bf16 activations), pinned",
+                            recipe="torchao"),
     "eagle-bf16": Row("eagle", {"device": "cpu", "dtype": "bfloat16", "head": "random"}, None,
                       "random draft head: the cost of speculation, tokens checked against cpu-bf16", 4),
     "compile-bf16": Row("compile", {"device": "cpu", "dtype": "bfloat16"}, None, "torch.compile, bf16 throughout", 4),
@@ -145,6 +149,11 @@ def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from llava_accel.quantize import decode_weight_bytes
 
     row = ROWS[name]
+    if row.recipe:
+        from llava_accel import quantize
+
+        for key, recipes in quantize.RECIPES.items():
+            quantize.RECIPES[key] = tuple(r for r in recipes if r.package == row.recipe) or recipes
     torch.set_num_threads(args.threads)
     bandwidth, peak, new_tokens = args.bandwidth, args.peak, min(args.new_tokens, row.new_tokens or args.new_tokens)
     start = time.perf_counter()

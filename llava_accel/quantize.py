@@ -1,8 +1,8 @@
 """Quantised weights as a backend option: ``quantize="int8" | "int8-dynamic" | "int4"``, applied after loading.
 
 A decode step reads every weight of the language model once, so its time is bound by weight bytes: int8 halves them
-against 16-bit weights, int4 halves them again. Each (mode, device) pair is served by the maintained library that
-has a kernel for it (chosen by measurement, see docs/backends.md); a pair without one is refused at load time, in
+against 16-bit weights, int4 halves them again. Each (mode, device) pair is served by the library (or our own
+kernel, ``llava_accel.int4``) that has the fastest kernel for it (chosen by measurement, see docs/backends.md); a pair without one is refused at load time, in
 one line, before the model is loaded. The vision tower and projector run once per image, so they stay in full
 precision unless ``include_vision=True``.
 """
@@ -22,15 +22,15 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from . import gemv
 from .errors import BackendUnavailableError, install_hint
+from .int4 import Int4Linear, quantize_linears
 
 MODES = ("int8", "int8-dynamic", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)  # the largest one that divides a layer's input width is used (gpt-fast: 128)
 LANGUAGE_PARTS = ("model.language_model", "lm_head")
 VISION_PARTS = ("model.vision_tower", "model.multi_modal_projector")
 INSTALL_HINT = install_hint("quantize")
-# bytes a quantised weight takes (int4: half a byte plus a bf16 scale and zero point per group of 128)
-WEIGHT_BYTES = {"int8": 1.0, "int8-dynamic": 1.0, "int4": 0.5 + 4 / 128}
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,12 @@ class Recipe:
     mode: str
     device: str
     package: str  # the pip distribution providing it
-    module: str  # what it is imported as
+    module: str | None  # what it is imported as (None: part of llava_accel)
     method: str  # what is called, in words
     dtypes: tuple[torch.dtype, ...]  # activation dtypes with a fast kernel (others are refused, not run slowly)
     apply: Callable[[nn.Module, list[str]], None]  # (model, names of the Linear layers to quantise)
+    weight_bytes: float  # bytes a quantised weight takes, scales included
+    steps_aside: Callable[[], str | None] = lambda: None  # why it cannot run here (then the next one serves)
 
 
 @dataclass
@@ -146,20 +148,33 @@ def _torch_dynamic(model: nn.Module, names: list[str]) -> None:
 
 
 FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
-# Chosen by measurement on CPU (docs/backends.md): the int8 weight-only and int4 CPU kernels are fast for bf16
-# activations only (their fp32 paths are 9-28x slower than not quantising), torch's dynamic int8 for fp32 only.
-RECIPES: dict[tuple[str, str], Recipe] = {(r.mode, r.device): r for r in [
+INT4_TORCHAO = 0.5 + 4 / 128  # half a byte plus a bf16 scale and zero point per group of 128
+# Chosen by measurement on CPU (docs/backends.md): the int8 weight-only CPU kernel is fast for bf16 activations only
+# (its fp32 path is 9-28x slower than not quantising), torch's dynamic int8 for fp32 only; for int4 our own Q4_0
+# kernel (llava_accel.int4) where it builds, else torchao's (bf16 only). Per (mode, device), in order of preference.
+RECIPES: dict[tuple[str, str], tuple[Recipe, ...]] = {}
+for _recipe in [
     Recipe("int8", "cpu", "optimum-quanto", "optimum.quanto", "quantize(weights=qint8): per-channel int8 weights, "
-           "aten._weight_int8pack_mm", (BF16,), _quanto_int8),
+           "aten._weight_int8pack_mm", (BF16,), _quanto_int8, 1.0),
     Recipe("int8-dynamic", "cpu", "torch", "torch", "torch.ao.quantization.quantize_dynamic: per-channel int8 weights, "
-           "activations quantised per call, fbgemm/x86 int8 GEMM", (FP32,), _torch_dynamic),
+           "activations quantised per call, fbgemm/x86 int8 GEMM", (FP32,), _torch_dynamic, 1.0),
+    Recipe("int4", "cpu", "llava-accel", None, "Q4_0 layout (groups of 32, fp16 scales), own AVX2 kernel "
+           "(llava_accel.int4)", (BF16, FP32), quantize_linears, 0.5 + 2 / 32, lambda: gemv.unavailable_reason()),
     Recipe("int4", "cpu", "torchao", "torchao", "PrototypeInt4WeightOnlyConfig: group-wise int4 weights, "
-           "aten._weight_int4pack_mm_for_cpu", (BF16,), _torchao(_cpu_int4_config)),
+           "aten._weight_int4pack_mm_for_cpu", (BF16,), _torchao(_cpu_int4_config), INT4_TORCHAO),
     Recipe("int8", "cuda", "torchao", "torchao", "Int8WeightOnlyConfig: per-channel int8 weights (fused into the "
-           "matmul under torch.compile)", (BF16, FP16), _torchao(_int8_weight_config)),
+           "matmul under torch.compile)", (BF16, FP16), _torchao(_int8_weight_config), 1.0),
     Recipe("int4", "cuda", "torchao", "torchao", "Int4WeightOnlyConfig tile_packed_to_4d: group-wise int4 weights, "
-           "tinygemm", (BF16,), _torchao(_cuda_int4_config)),
-]}
+           "tinygemm", (BF16,), _torchao(_cuda_int4_config), INT4_TORCHAO),
+]:
+    RECIPES[(_recipe.mode, _recipe.device)] = RECIPES.get((_recipe.mode, _recipe.device), ()) + (_recipe,)
+
+
+def recipe_for(mode: str, device_type: str) -> Recipe | None:
+    """The preferred recipe for (mode, device type) that can run here, else the last one (its failure is reported
+    when it is used); None where no library serves the pair."""
+    recipes = RECIPES.get((mode, device_type), ())
+    return next((r for r in recipes if r.steps_aside() is None), recipes[-1] if recipes else None)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -174,7 +189,7 @@ def unsupported_reason(mode: str | None, device: torch.device | str, dtype: torc
     if mode not in MODES:
         return f"unknown quantize mode {mode!r}; use None, {', '.join(repr(m) for m in MODES)}"
     device = torch.device(device)
-    recipe = RECIPES.get((mode, device.type))
+    recipe = recipe_for(mode, device.type)
     if recipe is None:
         served = sorted(d for m, d in RECIPES if m == mode)
         return (f"quantize={mode!r} has no kernel on {device.type} (available on: {', '.join(served)}); "
@@ -182,7 +197,7 @@ def unsupported_reason(mode: str | None, device: torch.device | str, dtype: torc
     if dtype not in recipe.dtypes:
         return (f"quantize={mode!r} on {device.type} has kernels for {', '.join(map(_dtype_name, recipe.dtypes))} "
                 f"only, not {_dtype_name(dtype)}; pass dtype={_dtype_name(recipe.dtypes[0])!r}")
-    if not _importable(recipe.module):
+    if recipe.module is not None and not _importable(recipe.module):
         return f"quantize={mode!r} on {device.type} needs the '{recipe.package}' package ({INSTALL_HINT})"
     if mode == "int4" and device.type == "cuda" and torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(device)
@@ -202,7 +217,7 @@ def check_supported(mode: str | None, device: torch.device | str, dtype: torch.d
 def preferred_dtype(mode: str | None, device: torch.device | str, default: torch.dtype) -> torch.dtype:
     """``default``, unless ``mode`` has no kernel for it on ``device`` and one for another dtype (e.g. CPU
     int8-dynamic is fp32 only, CUDA int4 bf16 only): then that one, so a user who gave no dtype gets a working one."""
-    recipe = RECIPES.get((mode, torch.device(device).type)) if mode else None
+    recipe = recipe_for(mode, torch.device(device).type) if mode else None
     return default if recipe is None or default in recipe.dtypes else recipe.dtypes[0]
 
 
@@ -216,8 +231,8 @@ def linear_names(model: nn.Module, include_vision: bool = False) -> list[str]:
 
 def _is_linear(module: nn.Module) -> bool:
     """nn.Linear and its quantised replacements (torch.ao's dynamic Linear is no nn.Linear; its packed weight is a
-    child module without ``in_features``)."""
-    return isinstance(module, nn.Linear) or (hasattr(module, "_packed_params") and hasattr(module, "in_features"))
+    child module without ``in_features``; ours holds int4 buffers)."""
+    return isinstance(module, (nn.Linear, Int4Linear)) or (hasattr(module, "_packed_params") and hasattr(module, "in_features"))
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -238,7 +253,8 @@ def linear_bytes(module: nn.Module) -> int:
     if hasattr(module, "_packed_params"):
         weight, bias = module._packed_params._weight_bias()
         return tensor_bytes(weight) + (0 if bias is None else tensor_bytes(bias))
-    return sum(tensor_bytes(t) for t in (module.weight, module.bias) if t is not None)
+    tensors = (module.packed, module.scales) if isinstance(module, Int4Linear) else (module.weight,)
+    return sum(tensor_bytes(t) for t in (*tensors, module.bias) if t is not None)
 
 
 def decode_weight_bytes(model: nn.Module) -> int:
@@ -258,7 +274,8 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str, dtyp
                    include_vision: bool = False) -> QuantizeReport:
     """Quantise ``model`` in place (a LLaVA ``...ForConditionalGeneration`` on ``device`` in ``dtype``)."""
     check_supported(mode, device, dtype, include_vision)
-    recipe = RECIPES[(mode, torch.device(device).type)]
+    recipe = recipe_for(mode, torch.device(device).type)
+    assert recipe is not None  # check_supported refused the pair otherwise
     names = linear_names(model, include_vision)
     modules = dict(model.named_modules())
     before = sum(full_precision_bytes(modules[n], dtype) for n in names)
@@ -268,7 +285,7 @@ def quantize_model(model: nn.Module, mode: str, device: torch.device | str, dtyp
             recipe.apply(model, todo)
     modules = dict(model.named_modules())
     done, skipped = [n for n in names if is_quantized(modules[n])], [n for n in names if not is_quantized(modules[n])]
-    groups = sorted({g for n in done if (g := getattr(modules[n].weight, "block_size", [0])[-1])}) if mode == "int4" \
+    groups = sorted({g for n in done if (g := _group_size(modules[n]))}) if mode == "int4" \
         else []
     return QuantizeReport(mode=mode, library=f"{recipe.package} {_version(recipe.package)}", method=recipe.method,
                           parts=list(LANGUAGE_PARTS + (VISION_PARTS if include_vision else ())),
@@ -298,13 +315,14 @@ class BlockQuantizer:
 
     def bytes_per_weight(self, name: str, module: nn.Module) -> float | None:
         """What ``no_weights``' memory check counts per weight of ``module`` (None: it stays in full precision)."""
-        return WEIGHT_BYTES[self.mode] if self.selects(name) and _is_linear(module) else None
+        recipe = recipe_for(self.mode, self.device.type)
+        return recipe.weight_bytes if recipe and self.selects(name) and _is_linear(module) else None
 
     def __call__(self, model: nn.Module, names: list[str]) -> None:
         chosen = [n for n in names if self.selects(n) and _is_linear(model.get_submodule(n))]  # no references kept
         if chosen:
             with _quiet():
-                RECIPES[(self.mode, self.device.type)].apply(model, chosen)
+                recipe_for(self.mode, self.device.type).apply(model, chosen)
             # the float layers swapped out sit in reference cycles (torch.ao's qconfig closes over its module), which
             # only the cycle collector frees: without this, the 7B for int8-dynamic grew by its fp32 layers (1 GB each)
             gc.collect()
@@ -321,9 +339,15 @@ def release_heap() -> None:
         pass
 
 
+def _group_size(module: nn.Module) -> int:
+    """An int4 layer's group size (ours, or a torchao tensor's block size); 0 for others."""
+    return module.group_size if isinstance(module, Int4Linear) else getattr(module.weight, "block_size", [0])[-1]
+
+
 def is_quantized(module: nn.Module) -> bool:
-    """True when a Linear-like layer holds quantised weights (a torchao tensor subclass or torch.ao packed int8)."""
-    if hasattr(module, "_packed_params"):
+    """True when a Linear-like layer holds quantised weights (ours, a torchao tensor subclass or torch.ao packed
+    int8)."""
+    if isinstance(module, Int4Linear) or hasattr(module, "_packed_params"):
         return True
     weight = getattr(module, "weight", None)
     return isinstance(weight, torch.Tensor) and type(weight) not in (torch.Tensor, nn.Parameter)

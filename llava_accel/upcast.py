@@ -1,42 +1,77 @@
-"""bf16 (or fp16) weights whose many-row matmuls run in float32, on CPUs without native bf16 arithmetic.
+"""How a CPU backend's bf16 (or fp16) ``nn.Linear`` layers compute: many-row inputs in float32 on CPUs without native
+bf16 arithmetic (the upcast), few-row inputs on our own kernel where it beats torch's.
 
-Why: on such a CPU (x86 without AVX512-BF16 or AMX) torch emulates a bf16 matmul, and the emulation is slow for
-many rows: on a 2-core AVX2 EPYC the prefill GEMM of a 7B MLP weight (780 x 4096 x 11008) took 4.37 s in bf16 and
-0.76 s in fp32, while the one-row decode GEMV is bandwidth-bound and faster in bf16 (8.0 ms against 10.1 ms in fp32:
-half the bytes). So each plain ``nn.Linear`` holding bf16 weights keeps them (half the memory of fp32), and for an
-input of at least ``UPCAST_MIN_ROWS`` rows (a prefill, the image encoder) it upcasts the weight for that one call,
-computes in fp32 and rounds the output back to bf16. The inputs are the same numbers (bf16 -> fp32 is exact) and
-both paths accumulate in fp32, so only the order of the sums can differ. Decode steps (a few rows) keep the bf16
-kernel. The upcast costs about as much as a 20-row bf16 matmul, hence the threshold (crossover measured at 32-64
-rows on 7B shapes, 2 threads; both costs scale with the weight's size, so the crossover does not depend on it).
+The upcast. On a CPU without native bf16 (x86 without AVX512-BF16 or AMX) torch emulates a bf16 matmul, and the
+emulation is slow for many rows: on a 2-core AVX2 EPYC the prefill GEMM of a 7B MLP weight (780 x 4096 x 11008) took
+4.37 s in bf16 and 0.76 s in fp32. So each plain ``nn.Linear`` holding bf16 weights keeps them (half the memory of
+fp32), and for an input of at least ``UPCAST_MIN_ROWS`` rows (a prefill, the image encoder) it upcasts the weight for
+that one call, computes in fp32 and rounds the output back to bf16. The inputs are the same numbers (bf16 -> fp32 is
+exact) and both paths accumulate in fp32, so only the order of the sums can differ. The upcast costs about as much as
+a 20-row emulated bf16 matmul, hence the threshold (crossover measured at 32-64 rows on 7B shapes, 2 threads).
+
+The few-row kernel (``llava_accel.gemv``). A decode step is bound by the weight bytes it reads, and torch's bf16
+GEMV reads them at about half the memory bandwidth on both CPU kinds measured (``benchmarks/gemv.py``, 7B shapes,
+2 threads): ours runs at the bandwidth floor, 1.5-2x faster at one row. Where the CPU has native bf16, torch's GEMM
+overtakes ours from 3-4 rows (``NATIVE_BF16_OWN_ROWS``); where torch emulates bf16 (16 rows: 81 ms against ours'
+20 ms for 11008 x 4096), ours serves every row count below the upcast.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import gemv
+
 UPCAST_MIN_ROWS = 64
+NATIVE_BF16_OWN_ROWS = 2
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def _forward(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if x.numel() < UPCAST_MIN_ROWS * x.shape[-1]:
-        return F.linear(x, layer.weight, layer.bias)
-    bias = None if layer.bias is None else layer.bias.float()
-    return F.linear(x.float(), layer.weight.float(), bias).to(x.dtype)
+@dataclass(frozen=True)
+class OwnKernel:
+    layers: int  # how many layers run few-row inputs on our kernel
+    max_rows: int  # up to how many rows
 
 
-def upcast_gemms(model: nn.Module) -> int:
-    """Make every plain bf16/fp16 ``nn.Linear`` of ``model`` compute inputs of ``UPCAST_MIN_ROWS`` rows or more in
-    fp32 (quantised layers keep their own kernels). Returns how many layers now do."""
-    count = 0
+def own_kernel_max_rows(native_bf16: bool) -> int:
+    """Up to how many input rows our bf16 kernel is the faster one (0: never, where it cannot run here)."""
+    if gemv.unavailable_reason() is not None:
+        return 0
+    return NATIVE_BF16_OWN_ROWS if native_bf16 else UPCAST_MIN_ROWS - 1
+
+
+def _forward(layer: nn.Linear, own_rows: int, upcast: bool, x: torch.Tensor) -> torch.Tensor:
+    rows = x.numel() // x.shape[-1]
+    if rows <= own_rows:
+        y = gemv.bf16_linear(x, layer.weight)
+        return (y if layer.bias is None else y + layer.bias.float()).to(x.dtype)
+    if upcast and rows >= UPCAST_MIN_ROWS:
+        bias = None if layer.bias is None else layer.bias.float()
+        return F.linear(x.float(), layer.weight.float(), bias).to(x.dtype)
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def _fits_own_kernel(layer: nn.Linear) -> bool:
+    return (layer.weight.dtype == torch.bfloat16 and layer.weight.is_contiguous()
+            and layer.in_features % gemv.BF16_MULTIPLE == 0)
+
+
+def cpu_gemms(model: nn.Module, upcast: bool, own_max_rows: int) -> tuple[int, OwnKernel]:
+    """Give every plain bf16/fp16 ``nn.Linear`` of ``model`` its CPU forward: with ``upcast``, inputs of
+    ``UPCAST_MIN_ROWS`` rows or more in fp32; inputs of up to ``own_max_rows`` rows on our kernel (bf16 weights whose
+    width it takes). Quantised and fp32 layers keep their own. Returns (layers upcast, our kernel's share)."""
+    upcast_layers = own_layers = 0
     for module in model.modules():
         if (type(module) is nn.Linear and type(module.weight) in (torch.Tensor, nn.Parameter)
                 and module.weight.dtype in LOW_PRECISION):
-            module.forward = partial(_forward, module)
-            count += 1
-    return count
+            own_rows = own_max_rows if _fits_own_kernel(module) else 0
+            if upcast or own_rows:
+                module.forward = partial(_forward, module, own_rows, upcast)
+            upcast_layers += upcast
+            own_layers += own_rows > 0
+    return upcast_layers, OwnKernel(own_layers, own_max_rows)

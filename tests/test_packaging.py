@@ -1,5 +1,5 @@
 """The package builds as a wheel that holds everything it needs at run time: every module, the embedded model, the
-EAGLE head and the 7B config, the console script, the backends' entry points and the extras."""
+EAGLE head and the 7B config, our kernels' C source, the console script, the backends' entry points and the extras."""
 
 import email
 import shutil
@@ -40,6 +40,7 @@ def test_the_wheel_holds_every_module_and_the_package_data(wheel):
                      if p.is_file()}
     assert expected - names == set()
     assert "llava_accel/models/default/model.safetensors" in names  # the embedded model: everything runs offline
+    assert "llava_accel/gemv.c" in names  # our kernels' source, compiled at first use
 
 
 def test_the_wheel_metadata(wheel):

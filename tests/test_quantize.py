@@ -8,10 +8,13 @@ from torch import nn
 
 import llava_accel as la
 from llava_accel import quantize as q
+from llava_accel.backends.cpu import CpuBackend
+from llava_accel.int4 import Int4Linear
 from llava_accel.metrics.drift import drift
 
 MAX_NEW = 8
 MODES = ["int8", "int8-dynamic", "int4"]
+OWN_INT4 = q.recipe_for("int4", "cpu").package == "llava-accel"  # else torchao's, where ours cannot build
 
 
 def _weight_is_quantized_as(mode: str, module: nn.Module) -> bool:
@@ -26,6 +29,9 @@ def _weight_is_quantized_as(mode: str, module: nn.Module) -> bool:
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
         return isinstance(module, DynamicLinear) and module.weight().dtype == torch.qint8
+    if OWN_INT4:
+        return (isinstance(module, Int4Linear) and module.packed.numel() * 2 == module.in_features * module.out_features
+                and module.scales.dtype == torch.float16 and module.scales.numel() * 32 == module.packed.numel() * 2)
     from torchao.prototype.quantization.int4 import Int4OpaqueTensor
 
     w = module.weight  # two int4 values per byte
@@ -49,7 +55,8 @@ def reference(quantized):
 
 
 def test_mode_picks_a_dtype_with_a_kernel(quantized):
-    expected = {"int8": torch.bfloat16, "int8-dynamic": torch.float32, "int4": torch.bfloat16}[quantized.quantize]
+    int4 = getattr(torch, CpuBackend.default_dtype) if OWN_INT4 else torch.bfloat16  # ours runs both
+    expected = {"int8": torch.bfloat16, "int8-dynamic": torch.float32, "int4": int4}[quantized.quantize]
     assert quantized.dtype == expected and quantized.model.dtype == expected
 
 
@@ -58,17 +65,19 @@ def test_language_model_holds_quantized_weights_and_vision_does_not(quantized):
     language = _linears(model, "model.language_model")
     assert len(language) == 7 * model.config.text_config.num_hidden_layers  # q k v o gate up down
     assert all(_weight_is_quantized_as(mode, m) for m in language.values())
-    assert _weight_is_quantized_as(mode, model.lm_head) == (mode != "int4")  # int4 CPU packing: 481 % 16 != 0
+    skips_head = mode == "int4" and not OWN_INT4  # torchao's int4 CPU packing: 481 % 16 != 0
+    assert _weight_is_quantized_as(mode, model.lm_head) == (not skips_head)
     for m in _linears(model, "model.vision_tower").values():
         assert type(m) is nn.Linear and type(m.weight) is nn.Parameter
     report = quantized.describe()["quantization"]
     assert quantized.describe()["quantize"] == mode and report["mode"] == mode
-    assert report["quantized_linears"] == len(language) + (mode != "int4")
-    assert report["skipped_linears"] == ([] if mode != "int4" else ["lm_head"])
+    assert report["quantized_linears"] == len(language) + (not skips_head)
+    assert report["skipped_linears"] == (["lm_head"] if skips_head else [])
     # 1 byte (int8) or half a byte (int4) per weight, plus at most 16 bytes of scales per row (torch.ao: float64
-    # scale and int64 zero point per output channel); the skipped LM head counts in full
+    # scale and int64 zero point per output channel; ours: an fp16 scale per 32 weights); a skipped LM head counts
+    # in full
     full = model.dtype.itemsize
-    lm_head_bytes = model.lm_head.weight.numel() * full if mode == "int4" else 0
+    lm_head_bytes = model.lm_head.weight.numel() * full if skips_head else 0
     ratio = (report["weight_bytes_after"] - lm_head_bytes) / (report["weight_bytes_before"] - lm_head_bytes)
     low = (0.5 if mode == "int4" else 1) / full
     narrowest = min(m.in_features for m in language.values())
@@ -114,8 +123,8 @@ def test_quantize_vision_covers_vision_tower_and_projector():
     ({"quantize": "int3"}, r"^unknown quantize mode 'int3'; use None, 'int8', 'int8-dynamic', 'int4'$"),
     ({"quantize": "int8-dynamic", "dtype": "bfloat16"},
      r"^quantize='int8-dynamic' on cpu has kernels for float32 only, not bfloat16; pass dtype='float32'$"),
-    ({"quantize": "int4", "dtype": "float32"},
-     r"^quantize='int4' on cpu has kernels for bfloat16 only, not float32; pass dtype='bfloat16'$"),
+    ({"quantize": "int4", "dtype": "float16"},
+     r"^quantize='int4' on cpu has kernels for bfloat16(, float32)? only, not float16; pass dtype='bfloat16'$"),
     ({"quantize_vision": True}, r"^quantize_vision=True needs a quantize mode"),
 ])
 def test_unsupported_combination_fails_before_loading(options, message, monkeypatch):
@@ -133,6 +142,7 @@ def test_no_kernel_on_device_and_missing_library_are_one_line(monkeypatch):
         "quantize='int8-dynamic' has no kernel on cuda (available on: cpu); use 'int8' or 'int4'"
     assert "bfloat16 only, not float16" in q.unsupported_reason("int4", "cuda", torch.float16)
     monkeypatch.setattr(q.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(q.gemv, "unavailable_reason", lambda: "no C compiler (cc) on PATH")  # then torchao serves
     assert q.unsupported_reason("int4", "cpu", torch.bfloat16) == \
         "quantize='int4' on cpu needs the 'torchao' package (pip install -e '.[quantize]' in a llava_accel checkout)"
 
@@ -163,6 +173,17 @@ def test_tensor_bytes_counts_what_is_stored():
 def test_compile_backend_inherits_the_option():
     """Construction only: the first generate compiles (minutes on 2 cores); compiled quantised decoding was checked
     by hand to give the same tokens as eager quantised (docs/backends.md)."""
-    b = la.load_backend("compile", device="cpu", quantize="int4")
+    b = la.load_backend("compile", device="cpu", quantize="int4")  # its default fp16 has no kernel: bf16 picked
     assert b.describe()["quantize"] == "int4" and b.dtype == torch.bfloat16
     assert _weight_is_quantized_as("int4", b.model.model.language_model.layers[0].self_attn.q_proj)
+
+
+@pytest.mark.parametrize("kernel, serves", [(None, "llava-accel"), ("this CPU lacks avx2", "torchao")])
+def test_int4_recipe_is_ours_where_it_builds(monkeypatch, kernel, serves):
+    monkeypatch.setattr(q.gemv, "unavailable_reason", lambda: kernel)
+    recipe = q.recipe_for("int4", "cpu")
+    assert recipe.package == serves
+    if serves == "torchao":
+        assert recipe.dtypes == (torch.bfloat16,) and q.preferred_dtype("int4", "cpu", torch.float32) == torch.bfloat16
+    else:
+        assert q.preferred_dtype("int4", "cpu", torch.float32) == torch.float32

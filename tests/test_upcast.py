@@ -9,14 +9,14 @@ import llava_accel as la
 from llava_accel.backends import cpu
 from llava_accel.errors import OptionError
 from llava_accel.tasks import synthetic_samples
-from llava_accel.upcast import UPCAST_MIN_ROWS, upcast_gemms
+from llava_accel.upcast import UPCAST_MIN_ROWS, cpu_gemms
 
 
 def test_many_rows_in_fp32_few_rows_in_bf16():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 48), nn.Linear(48, 16, bias=False), nn.Linear(16, 8).float())
     model[:2].bfloat16()
-    assert upcast_gemms(model) == 2  # the fp32 layer is left alone
+    assert cpu_gemms(model, upcast=True, own_max_rows=0)[0] == 2  # the fp32 layer is left alone
     layer = model[0]
     many = torch.randn(2, UPCAST_MIN_ROWS // 2, 32).bfloat16()
     expected = F.linear(many.float(), layer.weight.float(), layer.bias.float()).bfloat16()
@@ -38,12 +38,16 @@ def _prefill_logits(backend):
         return backend.model(**inputs).logits.float()
 
 
-def test_cpu_backend_upcasts_bf16_where_the_cpu_has_no_native_bf16(no_native_bf16):
+def test_cpu_backend_upcasts_bf16_where_the_cpu_has_no_native_bf16(no_native_bf16, monkeypatch):
     on = la.load_backend("cpu", dtype="bfloat16", threads=1)
     off = la.load_backend("cpu", dtype="bfloat16", threads=1, upcast=False)
     assert "float32" in on.describe()["upcast"] and off.describe()["upcast"] == "off"
-    a, b = _prefill_logits(on), _prefill_logits(off)
-    assert not torch.equal(a, b)  # the prompt's matmuls took the fp32 path ...
+    dtypes, linear = [], F.linear  # the dtype every F.linear computes in (a CPU with native bf16 may give the
+    monkeypatch.setattr(F, "linear", lambda x, *a, **k: dtypes.append(x.dtype) or linear(x, *a, **k))  # same bits)
+    a = _prefill_logits(on)
+    upcast_calls, _ = dtypes.count(torch.float32), dtypes.clear()
+    b = _prefill_logits(off)
+    assert upcast_calls > 0 and torch.float32 not in dtypes  # the prompt's matmuls took the fp32 path ...
     assert torch.allclose(a, b, atol=0.05 * float(b.abs().max()))  # ... the same sums, in another order
     assert la.load_backend("cpu", threads=1).describe()["upcast"] == "off"  # fp32: nothing to upcast
 

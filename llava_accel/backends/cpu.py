@@ -10,42 +10,30 @@ from typing import Any
 
 import torch
 
-from .. import checks
+from .. import checks, gemv
+from ..cpuinfo import cpu_has_native_bf16
 from ..distributed import local_share
 from ..errors import BackendUnavailableError, OptionError
 from ..lean.greedy import GreedyDecoder, unsupported_reason
-from ..upcast import LOW_PRECISION, UPCAST_MIN_ROWS, upcast_gemms
+from ..upcast import LOW_PRECISION, UPCAST_MIN_ROWS, cpu_gemms, own_kernel_max_rows
 from .base import default_threads
 from .eager import EagerBackend
 
 LOOPS = ("lean", "generate")
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """True when the CPU has bf16 arithmetic (x86 AVX512-BF16 or AMX-BF16; Arm BF16). Emulated bf16 is slower."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def upcast_on_cpu(backend: Any, upcast: bool | None) -> str:
-    """Apply ``llava_accel.upcast`` to a CPU backend's model where it pays (``upcast`` None: bf16/fp16 weights on a CPU
-    without native bf16) or where asked; returns what its ``describe()`` says about it."""
+def cpu_linears(backend: Any, upcast: bool | None) -> tuple[str, str]:
+    """Give a CPU backend's bf16 Linear layers their CPU forward (``llava_accel.upcast``): many-row inputs
+    in fp32 where that pays (``upcast`` None: bf16/fp16 weights on a CPU without native bf16) or where asked, few-row
+    inputs on our kernel where it is faster. Returns what ``describe()`` says of each: (upcast, gemv)."""
     checks.optional(checks.boolean, upcast, "upcast")
     if upcast is None:
         upcast = backend.dtype in LOW_PRECISION and not cpu_has_native_bf16()
-    if not upcast:
-        return "off"
-    layers = upcast_gemms(backend.model)
-    return f"{layers} Linear layers compute inputs of >= {UPCAST_MIN_ROWS} rows in float32"
+    upcast_layers, own = cpu_gemms(backend.model, upcast, own_kernel_max_rows(cpu_has_native_bf16()))
+    said = f"{upcast_layers} Linear layers compute inputs of >= {UPCAST_MIN_ROWS} rows in float32" if upcast else "off"
+    if own.layers:
+        return said, f"{gemv.describe()} for inputs of <= {own.max_rows} rows in {own.layers} bf16 Linear layers"
+    return said, gemv.describe() if gemv.unavailable_reason() else "torch's kernels (no bf16 Linear layers)"
 
 
 def fp32_shortfall(model: Any) -> str | None:
@@ -83,7 +71,8 @@ class CpuBackend(EagerBackend):
                  attention: str | None = None, threads: int | None = None, loop: str | None = None,
                  upcast: bool | None = None, **options: Any) -> None:
         """``loop``: "lean" (our greedy loop; the default where it applies) or "generate" (transformers').
-        ``upcast``: many-row matmuls of bf16/fp16 weights in fp32 (default: where the CPU has no native bf16).
+        ``upcast``: many-row matmuls of bf16/fp16 weights in fp32 (default: where the CPU has no native bf16); the
+        few-row ones (decode steps) run our own kernel where it is faster (``llava_accel.upcast``).
         ``options``: those of ``EagerBackend`` (``quantize``, ``quantize_vision``)."""
         if device not in (None, "cpu"):
             raise OptionError(f"the 'cpu' backend runs on the CPU only, not on '{device}'; leave the device out, or "
@@ -97,7 +86,7 @@ class CpuBackend(EagerBackend):
         if dtype is None and not options.get("quantize"):  # a quantize mode picks the dtype its kernels need
             dtype, self.dtype_reason = cpu_dtype(model)
         super().__init__(model, "cpu", dtype, attention, **options)
-        self.upcast = upcast_on_cpu(self, upcast)
+        self.upcast, self.gemv = cpu_linears(self, upcast)
         self.loop_reason = unsupported_reason(self.model)  # why the lean loop cannot run this model, if it cannot
         if loop == "lean" and self.loop_reason:
             raise BackendUnavailableError(f"loop='lean' is not available: {self.loop_reason}; use loop='generate'")
@@ -121,4 +110,4 @@ class CpuBackend(EagerBackend):
     def describe(self) -> dict[str, Any]:
         loop = {"loop": self.loop, **({"loop_reason": self.loop_reason} if self.loop_reason else {})}
         return {**super().describe(), "threads": self.threads, "dtype_reason": self.dtype_reason,
-                "upcast": self.upcast, **loop}
+                "upcast": self.upcast, "gemv": self.gemv, **loop}

@@ -27,7 +27,7 @@ from ..eagle.sizing import (PROFILE_FILE, AcceptanceProfile, TreeChoice, cache_k
 from ..errors import BackendUnavailableError, OptionError
 from ..lean.greedy import unsupported_reason
 from ..models.loading import DEFAULT_MODEL, LoadedModel
-from .cpu import cpu_dtype, upcast_on_cpu
+from .cpu import cpu_dtype, cpu_linears
 from .eager import EagerBackend
 
 TREES = ("auto", "dynamic", "chain")
@@ -62,7 +62,7 @@ class EagleBackend(EagerBackend):
             dtype = cpu_dtype(model)[0]  # the `cpu` backend's: fp16 on a CPU is emulated, and not what it compares with
         super().__init__(model, device, dtype, attention, no_weights=no_weights)
         # on a CPU, the same prefill as the `cpu` backend's
-        self.upcast = upcast_on_cpu(self, upcast) if self.device.type == "cpu" else "off"
+        self.upcast, self.gemv = cpu_linears(self, upcast) if self.device.type == "cpu" else ("off", "torch's kernels")
         reason = unsupported_reason(self.model)  # the loop runs the lean layers: generate's tokens only where they apply
         if reason:
             raise BackendUnavailableError(f"backend 'eagle' cannot decode '{self.loaded.model_id}' exactly as generate "
@@ -120,7 +120,8 @@ class EagleBackend(EagerBackend):
         batch size sized so far, the choice (tree, threads for the cycles, tau, predicted cycle ms and speed-up) and,
         per thread count timed, the measured costs and the cache key they are stored under."""
         out = {**super().describe(), "head": self.head_path, "head_target": self.head_config.target,
-               "tree_mode": self.tree_mode, "verify_attention": "sdpa", "upcast": self.upcast}
+               "tree_mode": self.tree_mode, "verify_attention": "sdpa", "upcast": self.upcast,
+               "gemv": self.gemv}
         if self.tree_mode == "auto" and self.profile is None:
             return {**out, "tree": asdict(self.tree), "tree_reason": f"default tree: the head has no acceptance "
                     f"profile ({PROFILE_FILE}; eagle-train writes one) to size a tree with"}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import OptionError
 from ..lean.cache import SlotCache
-from ..lean.layer import RopeTable, decoder_layer, layer_weights
+from ..lean.layer import RopeTable, decoder_layer, layer_weights, module_projection
 from ..lean.prefill import prompt_positions, run_target
 from .head import EagleHead
 from .tree import Tree, accept, select_tree
@@ -114,6 +114,7 @@ class EagleDecoder:
         self.caches: tuple[SlotCache, SlotCache] | None = None  # the last call's, for inspection
         # plain tensors, read once: module lookups cost more than a tiny model's matmuls (the weights never move)
         self._embed_w, self._lm_w = self.lm.embed_tokens.weight, model.lm_head.weight
+        self._lm_head = module_projection(model.lm_head)  # the same kernel as the cpu backend's loop: same logits
         self._target_w = [layer_weights(layer) for layer in self.lm.layers[: self.lm.config.num_hidden_layers]]
         self._head_w = layer_weights(head.layer)
 
@@ -149,7 +150,7 @@ class EagleDecoder:
         device = mask.device
         t0 = self._clock()
         embeds, hidden, prompt_cache = run_target(self.model, inputs)
-        logits = F.linear(hidden[:, -1], self._lm_w).float()
+        logits = self._lm_head(hidden[:, -1]).float()
         first = self._no_eos(logits, torch.tensor(min_new > 0, device=device)).argmax(-1)
         capacity = length + max_new_tokens + self.room(tree)
         caches = self._caches(batch, capacity, hidden.dtype, device)
@@ -218,7 +219,7 @@ class EagleDecoder:
         n = tree.tokens.shape[1]
         allowed = torch.cat([g.target_cache.prefix_mask()[:, None].expand(-1, n, -1), tree.mask], -1)
         hidden = self._target(tree.tokens, tree.positions(g.root_positions), allowed, g.target_cache)
-        logits = F.linear(hidden, self._lm_w)
+        logits = self._lm_head(hidden)
         if g.min_new_tokens:
             self._no_eos(logits, g.generated[:, None] + tree.depths < g.min_new_tokens)
         choice = logits.argmax(-1)
@@ -277,7 +278,7 @@ class EagleDecoder:
         return self.lm.norm(hidden)
 
     def _log_probs(self, features: torch.Tensor, forbid: torch.Tensor | None) -> torch.Tensor:
-        logits = F.linear(features, self._lm_w).float()
+        logits = self._lm_head(features).float()
         if forbid is None:
             return torch.log_softmax(logits, dim=-1)
         return torch.log_softmax(self._no_eos(logits, forbid), dim=-1).clamp_(min=MIN_LOGPROB)

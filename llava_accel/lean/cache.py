@@ -16,12 +16,17 @@ from typing import Any
 
 import torch
 
+from ..quantize import release_heap
+
 
 class SlotCache:
     def __init__(self, layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype,
                  device: torch.device) -> None:
-        # keys and values in one tensor, so that compaction moves both with one gather and one scatter
-        self.kv = torch.zeros((2, layers, batch, kv_heads, capacity, head_dim), dtype=dtype, device=device)
+        # keys and values in one tensor, so that compaction moves both with one gather and one scatter; left
+        # uninitialised: every slot a forward reads (those before its own new ones) was written before, and on a CPU
+        # pages never written take no memory, so a prefill's entries move in (load_prefill) without the prompt's
+        # entries being in memory twice
+        self.kv = torch.empty((2, layers, batch, kv_heads, capacity, head_dim), dtype=dtype, device=device)
         self._layers = list(zip(self.kv[0].unbind(0), self.kv[1].unbind(0)))
         self.start = torch.zeros(batch, dtype=torch.long, device=device)  # first valid slot of each row
         self.lens = torch.zeros(batch, dtype=torch.long, device=device)  # one past the last valid slot
@@ -57,11 +62,14 @@ class SlotCache:
     def load_prefill(self, prompt_cache: Any, start: torch.Tensor) -> None:
         """``load`` from the ``DynamicCache`` of a transformers forward, emptying it layer by layer: each layer's
         prompt entries are freed once copied (the 7B's, 780 tokens in fp32: 0.8 GB in all), not when the caller's
-        reference goes (EAGLE's loop keeps it until the answer is done)."""
+        reference goes (EAGLE's loop keeps it until the answer is done), and handed back to the system at once
+        (``release_heap``): the 7B's int8-dynamic peak grew by them."""
         n = prompt_cache.layers[0].keys.shape[2]
         for i, layer in enumerate(prompt_cache.layers):
             self._put(i, layer.keys, layer.values)
             layer.keys = layer.values = None
+            if self.kv.device.type == "cpu":
+                release_heap()
         self._filled(n, start)
 
     def _put(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:

@@ -21,6 +21,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from .. import gemv
+
 FUSE_MAX_HIDDEN = 1024
 Projection = Callable[[torch.Tensor], torch.Tensor]  # a Linear layer's forward
 # fp32 GEMV threading (see RowSplitLinear): weights from this many elements, inputs up to this many rows
@@ -81,13 +83,18 @@ class LayerWeights:
 
 
 def _plain(module: Any) -> bool:
-    """An ``nn.Linear`` holding ordinary tensors (quantised layers are other modules, or hold tensor subclasses)."""
-    return type(module) is torch.nn.Linear and type(module.weight) in (torch.Tensor, torch.nn.Parameter)
+    """An ``nn.Linear`` holding ordinary tensors that computes as one (quantised layers are other modules, or hold
+    tensor subclasses; ``llava_accel.upcast`` gives a layer a forward of its own)."""
+    return (type(module) is torch.nn.Linear and type(module.weight) in (torch.Tensor, torch.nn.Parameter)
+            and "forward" not in vars(module))
 
 
 def module_projection(module: Any) -> Projection:
-    """``F.linear`` over the module's own weights (no module call overhead), or the module itself when quantised."""
-    return projection(module.weight, module.bias) if _plain(module) else module
+    """``F.linear`` over the module's own weights (no module call overhead), the instance's own forward where it has
+    one, or the module itself when quantised."""
+    if _plain(module):
+        return projection(module.weight, module.bias)
+    return vars(module).get("forward", module)
 
 
 def _fused(modules: list[Any]) -> list[Projection]:
@@ -171,8 +178,11 @@ def decoder_layer(w: LayerWeights, x: torch.Tensor, cos_sin: tuple[torch.Tensor,
     if cache is not None:
         k, v = cache.update(k, v, w.index)
     groups = w.heads // w.kv_heads
-    attn = F.scaled_dot_product_attention(q, _repeat_kv(k, groups), _repeat_kv(v, groups), attn_mask=mask,
-                                          scale=w.scale)
+    if gemv.attends(q, k, v, mask):  # a decode step or a draft tree on the CPU: our kernel
+        attn = gemv.attend(q, k, v, mask, w.scale)
+    else:
+        attn = F.scaled_dot_product_attention(q, _repeat_kv(k, groups), _repeat_kv(v, groups), attn_mask=mask,
+                                              scale=w.scale)
     x = x + w.o(attn.transpose(1, 2).reshape(b, n, -1))
     h = rms_norm(x, w.post_norm, w.eps)
     if len(w.gate_up) > 1:

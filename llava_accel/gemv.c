@@ -1,0 +1,259 @@
+/* Few-row matmuls y = x W^T over bf16 or int4 weights, for x86 CPUs with AVX2 + FMA + F16C (see gemv.py for why).
+
+   x: m rows of k floats; W: n rows of k weights; y: m rows of n floats. The n output columns are split over
+   `threads` OpenMP threads. Every y[i][j] is computed by the same sequence of operations whatever m, the thread
+   count or the row's place in a block of rows, so the result of one row does not depend on what it is batched with.
+
+   bf16: W is n x k uint16 (the top half of an IEEE float), k a multiple of 32.
+   int4: llama.cpp's Q4_0 layout, k a multiple of 32: per weight row, k/2 bytes (group g of 32 weights in bytes
+   16g..16g+15: weight 32g+t in the low nibble of byte t, weight 32g+16+t in its high nibble) and k/32 fp16 scales;
+   weight = (nibble - 8) * scale, which q4_dequantize writes out in fp32. As in llama.cpp, the int4 matmul first
+   rounds x to int8 per group of 32 (Q8_0), so that a group's dot product is exact integer arithmetic (maddubs). */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#define ROWS 2 /* int4: rows of x per pass over a weight row (q4_dot2) */
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __m256 bf16x8(const uint16_t *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* R rows of x against J weight rows: one accumulator per output, 8 weights a step. Each output's operations are the
+   same in every tile shape, so a row's result does not depend on the tile it falls in; the tile shapes keep 8
+   independent FMA chains (enough to hide the FMA latency) at 1, 2 or 4 rows. */
+#define BF16_TILE(R, J)                                                                              \
+    static inline void bf16_tile##R##x##J(const uint16_t *w, const float *x, float *y, int64_t n,   \
+                                          int64_t k) {                                               \
+        __m256 a[R][J];                                                                              \
+        for (int r = 0; r < R; r++)                                                                  \
+            for (int j = 0; j < J; j++) a[r][j] = _mm256_setzero_ps();                               \
+        for (int64_t c = 0; c < k; c += 8) {                                                         \
+            __m256 v[J];                                                                             \
+            for (int j = 0; j < J; j++) v[j] = bf16x8(w + j * k + c);                                \
+            for (int r = 0; r < R; r++) {                                                            \
+                __m256 xv = _mm256_loadu_ps(x + r * k + c);                                          \
+                for (int j = 0; j < J; j++) a[r][j] = _mm256_fmadd_ps(v[j], xv, a[r][j]);            \
+            }                                                                                        \
+        }                                                                                            \
+        for (int r = 0; r < R; r++)                                                                  \
+            for (int j = 0; j < J; j++) y[r * n + j] = hsum(a[r][j]);                                \
+    }
+BF16_TILE(4, 2)
+BF16_TILE(2, 4)
+BF16_TILE(1, 8)
+BF16_TILE(4, 1)
+BF16_TILE(2, 1)
+BF16_TILE(1, 1)
+
+/* weight rows j0..j1 against all m rows: blocks of 4 rows of x, then 2, then 1, each with its tile shape */
+#define BF16_ROWS(R, J)                                                                              \
+    static void bf16_rows##R(const uint16_t *w, const float *x, float *y, int64_t n, int64_t k,     \
+                             int64_t j0, int64_t j1) {                                               \
+        int64_t j = j0;                                                                              \
+        for (; j + J <= j1; j += J) bf16_tile##R##x##J(w + j * k, x, y + j, n, k);                  \
+        for (; j < j1; j++) bf16_tile##R##x1(w + j * k, x, y + j, n, k);                             \
+    }
+BF16_ROWS(4, 2)
+BF16_ROWS(2, 4)
+BF16_ROWS(1, 8)
+
+/* 32 int4 weights of one group as four vectors of 8 floats (nibble - 8, not yet scaled): for q4_dequantize */
+static inline void q4x32(const uint8_t *p, __m256 q[4]) {
+    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    __m128i b = _mm_loadu_si128((const __m128i *)p);
+    __m128i lo = _mm_sub_epi8(_mm_and_si128(b, mask), eight);
+    __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), mask), eight);
+    q[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    q[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    q[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    q[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+}
+
+/* 32 int4 weights of one group as 32 signed bytes (nibble - 8), in element order */
+static inline __m256i q4x32_i8(const uint8_t *p) {
+    __m128i b = _mm_loadu_si128((const __m128i *)p);
+    __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
+    return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+}
+
+/* int4 weights times int8 inputs, 32 of each: eight int32 partial sums as floats (exact: |sum| < 2^24) */
+static inline __m256 dot_i8(__m256i w, __m256i x) {
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)); /* |w| * sign(w)x */
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
+/* the input rows in Q8_0 (llama.cpp's scheme): per group of 32, d = max|x| / 127, x ~ round(x / d) * d */
+static void quantize_q8(const float *x, int8_t *q, float *d, int64_t m, int64_t k) {
+    for (int64_t g = 0; g < m * k / 32; g++) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[32 * g + i]));
+        d[g] = amax / 127.0f;
+        float inverse = d[g] ? 1.0f / d[g] : 0.0f;
+        for (int i = 0; i < 32; i++) q[32 * g + i] = (int8_t)roundf(x[32 * g + i] * inverse);
+    }
+}
+
+/* one weight row against R quantised rows of x: per group, an integer dot product scaled by both scales */
+#define Q4_DOT(R)                                                                                    \
+    static inline void q4_dot##R(const uint8_t *w, const uint16_t *s, const int8_t *x, const float *dx, \
+                                 int64_t k, float *out) {                                            \
+        __m256 a[R];                                                                                 \
+        for (int r = 0; r < R; r++) a[r] = _mm256_setzero_ps();                                      \
+        for (int64_t g = 0; g < k / 32; g++) {                                                       \
+            __m256i q = q4x32_i8(w + 16 * g);                                                        \
+            float d = _cvtsh_ss(s[g]);                                                               \
+            for (int r = 0; r < R; r++) {                                                            \
+                __m256i xq = _mm256_loadu_si256((const __m256i *)(x + r * k + 32 * g));              \
+                a[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx[r * (k / 32) + g]), dot_i8(q, xq), a[r]); \
+            }                                                                                        \
+        }                                                                                            \
+        for (int r = 0; r < R; r++) out[r] = hsum(a[r]);                                             \
+    }
+Q4_DOT(1)
+Q4_DOT(2)
+
+typedef struct {
+    const void *w;         /* bf16: uint16 n x k; int4: uint8 n x k/2 */
+    const uint16_t *scales; /* int4 only: fp16 n x k/32 */
+    const float *x;
+    const int8_t *xq; /* int4 only: x in Q8_0, and its scales */
+    const float *dx;
+    float *y;
+    int64_t m, n, k, j0, j1;
+} Job;
+
+/* weight rows in chunks of CHUNK (256 KB of bf16 at k = 4096: they stay in L2 while every row of x passes) */
+#define CHUNK 32
+
+static void *bf16_job(void *arg) {
+    const Job *t = arg;
+    const uint16_t *w = t->w;
+    int64_t n = t->n, k = t->k;
+    for (int64_t j0 = t->j0; j0 < t->j1; j0 += CHUNK) {
+        int64_t j1 = j0 + CHUNK < t->j1 ? j0 + CHUNK : t->j1, i = 0;
+        for (; i + 4 <= t->m; i += 4) bf16_rows4(w, t->x + i * k, t->y + i * n, n, k, j0, j1);
+        for (; i + 2 <= t->m; i += 2) bf16_rows2(w, t->x + i * k, t->y + i * n, n, k, j0, j1);
+        for (; i < t->m; i++) bf16_rows1(w, t->x + i * k, t->y + i * n, n, k, j0, j1);
+    }
+    return 0;
+}
+
+static void *q4_job(void *arg) {
+    const Job *t = arg;
+    float out[ROWS];
+    for (int64_t j = t->j0; j < t->j1; j++) {
+        const uint8_t *w = (const uint8_t *)t->w + j * (t->k / 2);
+        const uint16_t *s = t->scales + j * (t->k / 32);
+        int64_t i = 0;
+        for (; i + ROWS <= t->m; i += ROWS) {
+            q4_dot2(w, s, t->xq + i * t->k, t->dx + i * (t->k / 32), t->k, out);
+            for (int r = 0; r < ROWS; r++) t->y[(i + r) * t->n + j] = out[r];
+        }
+        for (; i < t->m; i++) q4_dot1(w, s, t->xq + i * t->k, t->dx + i * (t->k / 32), t->k, t->y + i * t->n + j);
+    }
+    return 0;
+}
+
+/* int4 weights to fp32 (y: n x k), for the many-row inputs that a GEMM serves better than these loops */
+static void *q4_dequant_job(void *arg) {
+    const Job *t = arg;
+    __m256 q[4];
+    for (int64_t j = t->j0; j < t->j1; j++) {
+        const uint8_t *w = (const uint8_t *)t->w + j * (t->k / 2);
+        const uint16_t *s = t->scales + j * (t->k / 32);
+        float *out = t->y + j * t->k;
+        for (int64_t g = 0; g < t->k / 32; g++) {
+            q4x32(w + 16 * g, q);
+            __m256 d = _mm256_set1_ps(_cvtsh_ss(s[g]));
+            for (int u = 0; u < 4; u++) _mm256_storeu_ps(out + 32 * g + 8 * u, _mm256_mul_ps(q[u], d));
+        }
+    }
+    return 0;
+}
+
+/* the output columns in `threads` contiguous ranges, one per OpenMP thread: torch's own pool (the process has
+   loaded torch's libgomp.so.1 before this library, so the name resolves to it), whose threads would otherwise
+   spin beside ours after each torch op and halve our speed */
+static void run(void *(*job)(void *), const void *w, const uint16_t *scales, const float *x, const int8_t *xq,
+                const float *dx, float *y, int64_t m, int64_t n, int64_t k, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > n) threads = (int)n;
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int t = 0; t < threads; t++) {
+        Job part = {w, scales, x, xq, dx, y, m, n, k, n * t / threads, n * (t + 1) / threads};
+        job(&part);
+    }
+}
+
+static inline __m256 f32x8(const float *p) { return _mm256_loadu_ps(p); }
+
+/* Attention of one query against n cached keys and values (per head contiguous, d a multiple
+   of 8, at most 256), those where mask[j] is set; s: n floats of scratch. LOAD reads 8 cached values as floats. */
+#define ATTEND_ONE(NAME, T, LOAD)                                                                    \
+    static void NAME(const float *q, const T *k, const T *v, const uint8_t *mask, float *out, float *s, \
+                     int64_t n, int64_t d, float scale) {                                            \
+        float top = -INFINITY, total = 0.0f;                                                         \
+        for (int64_t j = 0; j < n; j++) {                                                            \
+            if (!mask[j]) continue;                                                                  \
+            __m256 a = _mm256_setzero_ps();                                                          \
+            for (int64_t c = 0; c < d; c += 8) a = _mm256_fmadd_ps(LOAD(k + j * d + c), _mm256_loadu_ps(q + c), a); \
+            s[j] = hsum(a) * scale;                                                                  \
+            top = fmaxf(top, s[j]);                                                                  \
+        }                                                                                            \
+        __m256 o[32];                                                                                \
+        for (int64_t c = 0; c < d / 8; c++) o[c] = _mm256_setzero_ps();                              \
+        for (int64_t j = 0; j < n; j++) {                                                            \
+            if (!mask[j]) continue;                                                                  \
+            float p = expf(s[j] - top);                                                              \
+            total += p;                                                                              \
+            __m256 pv = _mm256_set1_ps(p);                                                           \
+            for (int64_t c = 0; c < d / 8; c++) o[c] = _mm256_fmadd_ps(pv, LOAD(v + j * d + 8 * c), o[c]); \
+        }                                                                                            \
+        __m256 inverse = _mm256_set1_ps(total > 0.0f ? 1.0f / total : 0.0f);                         \
+        for (int64_t c = 0; c < d / 8; c++) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(o[c], inverse)); \
+    }
+ATTEND_ONE(attend_one_bf16, uint16_t, bf16x8)
+ATTEND_ONE(attend_one_f32, float, f32x8)
+
+/* q, out: b x h x m x d floats (m queries); k, v: element (row, head, j, c) at row * stride_b + head * stride_h +
+   j * d + c, bf16 (bf16 != 0) or fp32; mask: b x m x n bytes (query i of a row sees key j where mask[i][j]);
+   scores: b x h x m x n floats. Each query is computed alone, the same whatever m. */
+void attend(const float *q, const void *k, const void *v, int bf16, int64_t stride_b, int64_t stride_h,
+            const uint8_t *mask, float *out, float *scores, int64_t b, int64_t h, int64_t m, int64_t n, int64_t d,
+            float scale, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < b * h * m; i++) {
+        int64_t row = i / (h * m), head = i / m % h, query = i % m, at = row * stride_b + head * stride_h;
+        const uint8_t *sees = mask + (row * m + query) * n;
+        if (bf16)
+            attend_one_bf16(q + i * d, (const uint16_t *)k + at, (const uint16_t *)v + at, sees, out + i * d,
+                            scores + i * n, n, d, scale);
+        else
+            attend_one_f32(q + i * d, (const float *)k + at, (const float *)v + at, sees, out + i * d,
+                           scores + i * n, n, d, scale);
+    }
+}
+
+void gemv_bf16(const uint16_t *w, const float *x, float *y, int64_t m, int64_t n, int64_t k, int threads) {
+    run(bf16_job, w, 0, x, 0, 0, y, m, n, k, threads);
+}
+
+/* xq (m x k bytes) and dx (m x k/32 floats): the caller's scratch for x in Q8_0 */
+void gemv_q4(const uint8_t *w, const uint16_t *scales, const float *x, int8_t *xq, float *dx, float *y, int64_t m,
+            int64_t n, int64_t k, int threads) {
+    quantize_q8(x, xq, dx, m, k);
+    run(q4_job, w, scales, 0, xq, dx, y, m, n, k, threads);
+}
+
+void q4_dequantize(const uint8_t *w, const uint16_t *scales, float *y, int64_t n, int64_t k, int threads) {
+    run(q4_dequant_job, w, scales, 0, 0, 0, y, 0, n, k, threads);
+}

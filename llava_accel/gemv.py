@@ -1,0 +1,153 @@
+"""Our own few-row matmul kernels over bf16 and int4 weights for x86 CPUs with AVX2 (``gemv.c``), built at first use.
+
+Why: a decode step reads every weight once, so its time is the weight bytes over the memory bandwidth, if the kernel
+keeps up. On a 2-core AVX2 EPYC (no native bf16) torch's one-row bf16 ``F.linear`` ran the 7B's decode at 1.78x
+that floor and torchao's int4 CPU kernel at 6x, while llama.cpp ran both precisions faster (docs/backends.md). The
+kernels here are plain loops of AVX2 FMAs over weights converted in registers (bf16: a shift; int4: llama.cpp's Q4_0
+layout, a mask and a subtract), the output columns split over the cores with OpenMP (torch's own thread pool: the
+library links ``libgomp.so.1`` by name, which resolves to the copy torch has loaded); they read the weights
+once for a few input rows (decode steps, a speculative tree); from ``upcast.UPCAST_MIN_ROWS`` rows a GEMM on the fp32
+weight is faster.
+
+Built with the system C compiler (``$CC``, else ``cc``) into ``~/.cache/llava_accel/kernels/`` under a name keyed by
+the source, the flags and the compiler, the first time they are needed (about a second). Where the CPU lacks AVX2,
+FMA or F16C, no compiler is found, or ``LLAVA_ACCEL_GEMV=0``, ``unavailable_reason()`` says why and the callers keep
+torch's kernels (and say so in ``describe()``). The library runs outside the GIL (ctypes releases it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .cpuinfo import cpu_flags
+from .metrics.mfu import cache_dir
+
+SOURCE = Path(__file__).with_name("gemv.c")
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared", "-fopenmp", "-Wall", "-Werror"]
+NEEDS = ("avx2", "fma", "f16c")
+BF16_MULTIPLE, Q4_GROUP = 32, 32  # the input width must be a multiple of these
+ENV = "LLAVA_ACCEL_GEMV"
+ATTEND_MAX_QUERIES = 64  # more (a prefill): torch's SDPA, whose blocked kernel is faster there
+_p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+@lru_cache(maxsize=1)
+def _library() -> tuple[ctypes.CDLL | None, str]:
+    """(the loaded library, its path) or (None, why not)."""
+    if os.environ.get(ENV, "1") == "0":
+        return None, f"{ENV}=0"
+    missing = [f for f in NEEDS if f not in cpu_flags()]
+    if missing:
+        return None, f"this CPU lacks {', '.join(missing)}"
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        return None, f"no C compiler ({os.environ.get('CC', 'cc')}) on PATH"
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version]).encode()).hexdigest()[:16]
+        path = cache_dir() / "kernels" / f"gemv-{key}.so"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # built aside, then renamed: no torn file
+                built = Path(tmp) / path.name
+                done = subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE), "-lm"], capture_output=True,
+                                      text=True, timeout=300)
+                if done.returncode:
+                    return None, f"{compiler} failed on gemv.c: {done.stderr.strip().splitlines()[-1:]}"
+                built.replace(path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"building gemv.c failed: {e}"
+    lib.gemv_bf16.argtypes = [_p, _p, _p, _i64, _i64, _i64, _int]
+    lib.gemv_q4.argtypes = [_p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
+    lib.q4_dequantize.argtypes = [_p, _p, _p, _i64, _i64, _int]
+    lib.attend.argtypes = [_p, _p, _p, _int, _i64, _i64, _p, _p, _p, _i64, _i64, _i64, _i64, _i64, ctypes.c_float,
+                           _int]
+    for function in (lib.gemv_bf16, lib.gemv_q4, lib.q4_dequantize, lib.attend):
+        function.restype = None
+    return lib, str(path)
+
+
+def unavailable_reason() -> str | None:
+    """None when the kernels run here, else why not (one line)."""
+    lib, why = _library()
+    return None if lib is not None else why
+
+
+def describe() -> str:
+    lib, where = _library()
+    """Which kernels run few-row matmuls of bf16 and int4 weights here, in words."""
+    return f"our AVX2 kernels ({Path(where).name})" if lib is not None else f"torch's kernels ({where})"
+
+
+def _rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+    x32 = x.reshape(-1, k).to(torch.float32).contiguous()
+    return x32, x32.shape[0]
+
+
+def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` in fp32 for a contiguous bf16 ``weight`` (n, k), ``k`` a multiple of 32; ``x`` (..., k) in any
+    float dtype. The result is fp32; the caller rounds it to its dtype."""
+    n, k = weight.shape
+    x32, m = _rows(x, k)
+    y = torch.empty(m, n, dtype=torch.float32)
+    _library()[0].gemv_bf16(weight.data_ptr(), x32.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads())
+    return y.view(*x.shape[:-1], n)
+
+
+def q4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T`` in fp32 for W in Q4_0 layout: ``packed`` uint8 (n, k/2), ``scales`` fp16 (n, k/32). ``x`` is
+    rounded to int8 per group of 32 first (Q8_0, as llama.cpp does), so the result is that of the rounded ``x``."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    x32, m = _rows(x, k)
+    y = torch.empty(m, n, dtype=torch.float32)
+    xq, dx = torch.empty(m, k, dtype=torch.int8), torch.empty(m, k // Q4_GROUP, dtype=torch.float32)
+    _library()[0].gemv_q4(packed.data_ptr(), scales.data_ptr(), x32.data_ptr(), xq.data_ptr(), dx.data_ptr(),
+                          y.data_ptr(), m, n, k, torch.get_num_threads())
+    return y.view(*x.shape[:-1], n)
+
+
+def q4_dequantize(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The fp32 weight (n, k) of a Q4_0 ``packed``/``scales`` pair."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    w = torch.empty(n, k, dtype=torch.float32)
+    _library()[0].q4_dequantize(packed.data_ptr(), scales.data_ptr(), w.data_ptr(), n, k, torch.get_num_threads())
+    return w
+
+
+def attends(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether ``attend`` takes this attention: a few queries per head (a decode step, a draft tree), bf16 or fp32
+    keys and values on the CPU laid out as a cache (per head contiguous), as many key heads as query heads, a head
+    width it handles, a boolean mask per query."""
+    b, h, m, d = q.shape
+    return (m <= ATTEND_MAX_QUERIES and k.dtype in (torch.bfloat16, torch.float32) and k.device.type == "cpu"
+            and k.dtype == v.dtype and k.shape[1] == h and mask.dtype == torch.bool
+            and mask.shape == (b, 1, m, k.shape[2]) and d % 8 == 0 and d <= 256 and k.stride() == v.stride()
+            and k.stride()[2:] == (d, 1) and _library()[0] is not None)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of a few queries (``attends`` says when): softmax(q k^T * scale, where ``mask``) v, in fp32, for ``q``
+    (batch, heads, m, d), ``k``/``v`` (batch, heads, n, d) views of a bf16 or fp32 cache, ``mask`` (batch, 1, m, n)
+    bool. Each query is computed alone, so a decode step and a draft tree's verification give the same bits. Why:
+    torch's CPU attention took 3.1 ms (bf16) and 1.7 ms (fp32) for the 7B's 32 heads over 830 keys, several times
+    the bytes' floor, in each of the 32 layers of a decode step; this reads them once (docs/backends.md)."""
+    b, h, m, d = q.shape
+    n = k.shape[2]
+    q32 = q.to(torch.float32).contiguous()
+    keep = mask.reshape(b, m, n).to(torch.uint8).contiguous()
+    out = torch.empty(b, h, m, d, dtype=torch.float32)
+    scores = torch.empty(b, h, m, n, dtype=torch.float32)
+    _library()[0].attend(q32.data_ptr(), k.data_ptr(), v.data_ptr(), int(k.dtype == torch.bfloat16), k.stride(0),
+                         k.stride(1), keep.data_ptr(), out.data_ptr(), scores.data_ptr(), b, h, m, n, d, scale,
+                         torch.get_num_threads())
+    return out.to(q.dtype)

@@ -1,0 +1,161 @@
+"""Our own few-row kernels (``llava_accel.gemv``, ``llava_accel.int4``): against torch's arithmetic on the same
+numbers, against llama.cpp's Q4_0 and Q8_0 (its ``gguf`` package) bit for bit, a row's result independent of what it
+is batched with and of the thread count, and the fallbacks when the kernels cannot build."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llava_accel import gemv
+from llava_accel.int4 import Int4Linear, quantize_q4_0
+from llava_accel.lean.layer import module_projection
+from llava_accel.upcast import UPCAST_MIN_ROWS, cpu_gemms, own_kernel_max_rows
+
+pytestmark = pytest.mark.skipif(gemv.unavailable_reason() is not None,
+                                reason=f"own kernels unavailable here: {gemv.unavailable_reason()}")
+N, K = 96, 320  # K: ten int4 groups; N not a multiple of the thread count
+
+
+@pytest.fixture
+def weight():
+    return torch.randn(N, K, generator=torch.Generator().manual_seed(0)) * 0.05
+
+
+def _rows_independent(f, x: torch.Tensor) -> bool:
+    """Each row computed alone, and with 1 or 2 threads, gives the bits it gives in the batch."""
+    batch = f(x)
+    before = torch.get_num_threads()
+    try:
+        same = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            same += [torch.equal(f(x[i:i + 1])[0], batch[i]) for i in range(x.shape[0])]
+            same.append(torch.equal(f(x), batch))
+    finally:
+        torch.set_num_threads(before)
+    return all(same)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_bf16_kernel_is_the_fp32_product_of_the_bf16_numbers(weight, rows):
+    w = weight.to(torch.bfloat16)
+    x = torch.randn(rows, K).to(torch.bfloat16)
+    got = gemv.bf16_linear(x, w)
+    exact = F.linear(x.double(), w.double())
+    assert got.dtype == torch.float32 and got.shape == (rows, N)
+    assert torch.allclose(got.double(), exact, rtol=0, atol=1e-5), (got.double() - exact).abs().max()
+    assert _rows_independent(lambda t: gemv.bf16_linear(t, w), x)
+
+
+def test_q4_0_packing_is_llama_cpps(weight):
+    gguf = pytest.importorskip("gguf", reason="llama.cpp's gguf package (pip install -e '.[llamacpp]')")
+    from gguf import quants
+
+    weight[0, :32] = 0  # an all-zero group: scale 0, every nibble 8
+    packed, scales = quantize_q4_0(weight)
+    blocks = quants.quantize(weight.numpy(), gguf.GGMLQuantizationType.Q4_0).reshape(N, K // 32, 18)
+    assert torch.equal(packed.view(N, K // 32, 16), torch.from_numpy(blocks[..., 2:].copy()))
+    assert torch.equal(scales.view(torch.uint8).view(N, K // 32, 2), torch.from_numpy(blocks[..., :2].copy()))
+    layer = Int4Linear(packed, scales, None)
+    reference = quants.dequantize(blocks.reshape(N, -1), gguf.GGMLQuantizationType.Q4_0)
+    assert torch.equal(layer.dequantize(), torch.from_numpy(reference))
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_q4_kernel_is_the_product_of_q8_0_inputs_and_q4_0_weights(weight, rows):
+    gguf = pytest.importorskip("gguf", reason="llama.cpp's gguf package (pip install -e '.[llamacpp]')")
+    from gguf import quants
+
+    layer = Int4Linear(*quantize_q4_0(weight), None)
+    x = torch.randn(rows, K)
+    blocks = quants.quantize(x.numpy(), gguf.GGMLQuantizationType.Q8_0).reshape(rows, K // 32, 34)
+    ints = torch.from_numpy(blocks[..., 2:].copy()).view(torch.int8).double()  # Q8_0's int8 values; its scale is
+    scale = x.view(rows, K // 32, 32).abs().amax(-1, keepdim=True) / 127  # stored in fp16, ours kept in fp32
+    exact = F.linear((ints * scale.double()).view(rows, K), layer.dequantize().double())
+    got = gemv.q4_linear(x, layer.packed, layer.scales)
+    assert torch.allclose(got.double(), exact, rtol=0, atol=1e-5), (got.double() - exact).abs().max()
+    assert _rows_independent(lambda t: gemv.q4_linear(t, layer.packed, layer.scales), x)
+
+
+def test_int4_layer_runs_many_rows_on_the_dequantised_weight(weight):
+    linear = nn.Linear(K, N)
+    linear.weight.data = weight
+    layer = Int4Linear.from_linear(linear)
+    x = torch.randn(2, UPCAST_MIN_ROWS, K).to(torch.bfloat16)
+    expected = F.linear(x.float(), layer.dequantize(), linear.bias.float()).to(torch.bfloat16)
+    assert torch.equal(layer(x), expected)
+    few = layer(x[:1, :3])  # the kernel, bias added
+    assert few.dtype == torch.bfloat16 and torch.allclose(few.float(), expected[:1, :3].float(), atol=0.05)
+    assert (layer.in_features, layer.out_features, layer.bias is not None) == (K, N, True)
+
+
+@pytest.mark.parametrize("upcast", [True, False])
+def test_bf16_layers_run_few_rows_on_our_kernel_in_the_lean_loop_too(weight, upcast):
+    model = nn.Sequential(nn.Linear(K, N, bias=False), nn.Linear(40, 16)).to(torch.bfloat16)  # 40 wide: not ours
+    model[0].weight.data = weight.to(torch.bfloat16)
+    upcast_layers, own = cpu_gemms(model, upcast, own_max_rows=3)
+    assert (upcast_layers, own.layers, own.max_rows) == (2 * upcast, 1, 3)
+    x = torch.randn(1, 3, K).to(torch.bfloat16)
+    expected = gemv.bf16_linear(x, model[0].weight).to(torch.bfloat16)
+    assert torch.equal(model[0](x), expected)
+    assert torch.equal(module_projection(model[0])(x), expected)  # the lean layers call the same forward
+    four = torch.randn(4, K).to(torch.bfloat16)  # past own_max_rows: torch's bf16 kernel
+    assert torch.equal(model[0](four), F.linear(four, model[0].weight))
+
+
+def test_unavailable_kernels_say_why_and_leave_torchs(monkeypatch, weight):
+    monkeypatch.setenv(gemv.ENV, "0")
+    gemv._library.cache_clear()
+    try:
+        assert gemv.unavailable_reason() == f"{gemv.ENV}=0"
+        assert gemv.describe() == f"torch's kernels ({gemv.ENV}=0)"
+        assert own_kernel_max_rows(native_bf16=False) == 0
+    finally:
+        monkeypatch.delenv(gemv.ENV)
+        gemv._library.cache_clear()
+    assert gemv.unavailable_reason() is None
+
+
+def test_own_kernel_rule_follows_the_cpu():
+    assert own_kernel_max_rows(native_bf16=True) == 2  # torch's native bf16 GEMM wins from 3-4 rows
+    assert own_kernel_max_rows(native_bf16=False) == UPCAST_MIN_ROWS - 1  # torch's emulated bf16 loses at any rows
+
+
+def test_cpu_backend_with_our_int4_generates_like_its_lean_and_generate_loops(monkeypatch):
+    """The whole path on the tiny model: our Q4_0 recipe chosen, every Linear of the language model and the LM head an
+    ``Int4Linear``, the lean loop's tokens those of transformers' ``generate`` (with the same attention kernel)."""
+    import llava_accel as la
+    from llava_accel import quantize as q
+    from llava_accel.tasks import synthetic_samples
+
+    monkeypatch.setattr(gemv, "attends", lambda q, k, v, mask: False)  # generate runs torch's SDPA
+    samples = synthetic_samples("synthetic-coco", 2)
+    images, prompts = [s.image for s in samples], [s.prompt for s in samples]
+    lean = la.load_backend("cpu", quantize="int4", threads=2)
+    report = lean.describe()["quantization"]
+    assert report["library"].startswith("llava-accel") and report["skipped_linears"] == []
+    assert report["group_sizes"] == [32] and isinstance(lean.model.lm_head, Int4Linear)
+    slow = la.load_backend("cpu", quantize="int4", threads=2, loop="generate")
+    expected = [o.token_ids for o in slow.generate(images, prompts, max_new_tokens=8)]
+    assert [o.token_ids for o in lean.generate(images, prompts, max_new_tokens=8)] == expected
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_attention_of_a_few_queries_is_sdpa_over_the_masked_slots_query_by_query(batch, dtype):
+    gen = torch.Generator().manual_seed(1)
+    heads, d, capacity, n, m = 4, 64, 40, 29, 3
+    cache = torch.randn(2, batch, heads, capacity, d, generator=gen).to(dtype)
+    k, v = cache[0, :, :, :n], cache[1, :, :, :n]  # views with the cache's strides, as the lean layers pass them
+    q = torch.randn(batch, heads, m, d, generator=gen).to(dtype)
+    mask = torch.ones(batch, 1, m, n, dtype=torch.bool).tril(n - m)  # causal over the last m slots
+    mask[-1, ..., :5] = False  # a left-padded row
+    assert gemv.attends(q, k, v, mask) and not gemv.attends(q, k, v, mask.float())
+    got = gemv.attend(q, k, v, mask, d ** -0.5)
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask, scale=d ** -0.5)
+    tolerance = 0.01 if dtype == torch.bfloat16 else 1e-5  # bf16: the output's rounding
+    assert got.dtype == dtype and got.shape == q.shape
+    assert torch.allclose(got.double(), exact, rtol=tolerance, atol=tolerance), (got.double() - exact).abs().max()
+    alone = gemv.attend(q[:, :, 1:2], k, v, mask[:, :, 1:2], d ** -0.5)  # one query: the bits it has among three
+    assert torch.equal(alone, got[:, :, 1:2])
