@@ -91,16 +91,17 @@ def test_int4_layer_runs_many_rows_on_the_dequantised_weight(weight):
 
 
 @pytest.mark.parametrize("upcast", [True, False])
-def test_bf16_layers_run_few_rows_on_our_kernel_in_the_lean_loop_too(weight, upcast):
-    model = nn.Sequential(nn.Linear(K, N, bias=False), nn.Linear(40, 16)).to(torch.bfloat16)  # 40 wide: not ours
-    model[0].weight.data = weight.to(torch.bfloat16)
-    upcast_layers, own = cpu_gemms(model, upcast, own_max_rows=3)
-    assert (upcast_layers, own.layers, own.max_rows) == (2 * upcast, 1, 3)
-    x = torch.randn(1, 3, K).to(torch.bfloat16)
+def test_bf16_layers_run_few_rows_on_our_kernel_in_the_lean_loop_too(upcast):
+    wide = 1 << 10  # 1M weights: OWN_MIN_ELEMENTS
+    model = nn.Sequential(nn.Linear(wide, wide, bias=False), nn.Linear(40, 16), nn.Linear(K, N)).to(torch.bfloat16)
+    upcast_layers, own = cpu_gemms(model, upcast, own_max_rows=3)  # 40 wide, and K x N small: not ours
+    assert (upcast_layers, own.layers, own.max_rows) == (3 * upcast, 1, 3)
+    assert module_projection(model[2]) is not model[2].forward  # torch's kernel, as before: fusable
+    x = torch.randn(1, 3, wide).to(torch.bfloat16)
     expected = gemv.bf16_linear(x, model[0].weight).to(torch.bfloat16)
     assert torch.equal(model[0](x), expected)
     assert torch.equal(module_projection(model[0])(x), expected)  # the lean layers call the same forward
-    four = torch.randn(4, K).to(torch.bfloat16)  # past own_max_rows: torch's bf16 kernel
+    four = torch.randn(4, wide).to(torch.bfloat16)  # past own_max_rows: torch's bf16 kernel
     assert torch.equal(model[0](four), F.linear(four, model[0].weight))
 
 

@@ -33,7 +33,7 @@ def cpu_linears(backend: Any, upcast: bool | None) -> tuple[str, str]:
     said = f"{upcast_layers} Linear layers compute inputs of >= {UPCAST_MIN_ROWS} rows in float32" if upcast else "off"
     if own.layers:
         return said, f"{gemv.describe()} for inputs of <= {own.max_rows} rows in {own.layers} bf16 Linear layers"
-    return said, gemv.describe() if gemv.unavailable_reason() else "torch's kernels (no bf16 Linear layers)"
+    return said, gemv.describe() if gemv.unavailable_reason() else "torch's kernels (no bf16 Linear layer of 1M weights or more)"
 
 
 def fp32_shortfall(model: Any) -> str | None:

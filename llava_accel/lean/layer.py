@@ -83,15 +83,16 @@ class LayerWeights:
 
 
 def _plain(module: Any) -> bool:
-    """An ``nn.Linear`` holding ordinary tensors that computes as one (quantised layers are other modules, or hold
-    tensor subclasses; ``llava_accel.upcast`` gives a layer a forward of its own)."""
+    """An ``nn.Linear`` holding ordinary tensors, computed by torch's kernel for the few rows these layers see
+    (quantised layers are other modules, or hold tensor subclasses; ``llava_accel.upcast`` marks those whose few-row
+    inputs go to our kernel)."""
     return (type(module) is torch.nn.Linear and type(module.weight) in (torch.Tensor, torch.nn.Parameter)
-            and "forward" not in vars(module))
+            and not getattr(module, "own_kernel_rows", 0))
 
 
 def module_projection(module: Any) -> Projection:
-    """``F.linear`` over the module's own weights (no module call overhead), the instance's own forward where it has
-    one, or the module itself when quantised."""
+    """``F.linear`` over the module's own weights (no module call overhead), the forward ``llava_accel.upcast`` gave
+    it where that runs our kernel, or the module itself when quantised."""
     if _plain(module):
         return projection(module.weight, module.bias)
     return vars(module).get("forward", module)
