@@ -3,9 +3,10 @@
 Why: torchao's CPU int4 kernel decoded the 7B at 6x its bandwidth floor on a 2-core AVX2 EPYC, slower than bf16
 weights; llama.cpp's Q4_0 at 2x (docs/backends.md). Q4_0: groups of 32 weights along the input, one fp16 scale each
 (``d`` = the group's weight of largest magnitude / -8), each weight stored in 4 bits as ``q = round(w / d) + 8``
-clamped to 0..15, so ``w ~ (q - 8) * d``: 4.5 bits a weight. Inputs of fewer than ``UPCAST_MIN_ROWS`` rows (decode steps)
-run the int4 kernel; more rows (a prefill) dequantise the layer to fp32 for that one call and run torch's GEMM, as
-``llava_accel.upcast`` does for bf16 weights. Same layout and rounding as llama.cpp's ``quantize_row_q4_0``.
+clamped to 0..15, so ``w ~ (q - 8) * d``: 4.5 bits a weight. Inputs of fewer than ``UPCAST_MIN_ROWS`` rows (decode
+steps) run the int4 kernel; more rows (a prefill) dequantise the layer to fp32 for that one call and run torch's
+GEMM, as ``llava_accel.upcast`` does for bf16 weights. Same layout and rounding as llama.cpp's
+``quantize_row_q4_0``.
 """
 
 from __future__ import annotations

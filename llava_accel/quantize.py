@@ -2,9 +2,9 @@
 
 A decode step reads every weight of the language model once, so its time is bound by weight bytes: int8 halves them
 against 16-bit weights, int4 halves them again. Each (mode, device) pair is served by the library (or our own
-kernel, ``llava_accel.int4``) that has the fastest kernel for it (chosen by measurement, see docs/backends.md); a pair without one is refused at load time, in
-one line, before the model is loaded. The vision tower and projector run once per image, so they stay in full
-precision unless ``include_vision=True``.
+kernel, ``llava_accel.int4``) that has the fastest kernel for it (chosen by measurement, see docs/backends.md); a
+pair without one is refused at load time, in one line, before the model is loaded. The vision tower and projector
+run once per image, so they stay in full precision unless ``include_vision=True``.
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ def _fits_own_kernel(layer: nn.Linear) -> bool:
 def cpu_gemms(model: nn.Module, upcast: bool, own_max_rows: int) -> tuple[int, OwnKernel]:
     """Give every plain bf16/fp16 ``nn.Linear`` of ``model`` its CPU forward: with ``upcast``, inputs of
     ``UPCAST_MIN_ROWS`` rows or more in fp32; inputs of up to ``own_max_rows`` rows on our kernel (bf16 weights whose
-    width it takes, of ``OWN_MIN_ELEMENTS`` or more). Quantised and fp32 layers keep their own. Returns (layers upcast, our kernel's share)."""
+    width it takes, of ``OWN_MIN_ELEMENTS`` or more). Quantised and fp32 layers keep their own. Returns (layers
+    upcast, our kernel's share)."""
     upcast_layers = own_layers = 0
     for module in model.modules():
         if (type(module) is nn.Linear and type(module.weight) in (torch.Tensor, nn.Parameter)

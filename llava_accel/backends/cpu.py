@@ -15,7 +15,7 @@ from ..cpuinfo import cpu_has_native_bf16
 from ..distributed import local_share
 from ..errors import BackendUnavailableError, OptionError
 from ..lean.greedy import GreedyDecoder, unsupported_reason
-from ..upcast import LOW_PRECISION, UPCAST_MIN_ROWS, cpu_gemms, own_kernel_max_rows
+from ..upcast import LOW_PRECISION, OWN_MIN_ELEMENTS, UPCAST_MIN_ROWS, cpu_gemms, own_kernel_max_rows
 from .base import default_threads
 from .eager import EagerBackend
 
@@ -33,7 +33,9 @@ def cpu_linears(backend: Any, upcast: bool | None) -> tuple[str, str]:
     said = f"{upcast_layers} Linear layers compute inputs of >= {UPCAST_MIN_ROWS} rows in float32" if upcast else "off"
     if own.layers:
         return said, f"{gemv.describe()} for inputs of <= {own.max_rows} rows in {own.layers} bf16 Linear layers"
-    return said, gemv.describe() if gemv.unavailable_reason() else "torch's kernels (no bf16 Linear layer of 1M weights or more)"
+    if gemv.unavailable_reason():
+        return said, gemv.describe()
+    return said, f"torch's kernels (no bf16 Linear layer of {OWN_MIN_ELEMENTS} weights or more)"
 
 
 def fp32_shortfall(model: Any) -> str | None:
