@@ -84,8 +84,8 @@ def unavailable_reason() -> str | None:
 
 
 def describe() -> str:
-    lib, where = _library()
     """Which kernels run few-row matmuls of bf16 and int4 weights here, in words."""
+    lib, where = _library()
     return f"our AVX2 kernels ({Path(where).name})" if lib is not None else f"torch's kernels ({where})"
 
 

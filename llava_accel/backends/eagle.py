@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .. import gemv
 from ..eagle.decoding import EagleDecoder, TreeConfig
 from ..eagle.head import DEFAULT_HEAD, TRAIN_HINT, HeadError, load_head, random_head
 from ..eagle.sizing import (PROFILE_FILE, AcceptanceProfile, TreeChoice, cache_key, cached_costs, choose_tree,
@@ -62,7 +63,10 @@ class EagleBackend(EagerBackend):
             dtype = cpu_dtype(model)[0]  # the `cpu` backend's: fp16 on a CPU is emulated, and not what it compares with
         super().__init__(model, device, dtype, attention, no_weights=no_weights)
         # on a CPU, the same prefill as the `cpu` backend's
-        self.upcast, self.gemv = cpu_linears(self, upcast) if self.device.type == "cpu" else ("off", "torch's kernels")
+        on_cpu = self.device.type == "cpu"
+        self.upcast, self.gemv = cpu_linears(self, upcast) if on_cpu else ("off", "torch's kernels")
+        self.verify_attention = (f"our kernel (llava_accel.gemv.attend) up to {gemv.ATTEND_MAX_QUERIES} tree tokens, "
+                                 "else sdpa") if on_cpu and not gemv.unavailable_reason() else "sdpa"
         reason = unsupported_reason(self.model)  # the loop runs the lean layers: generate's tokens only where they apply
         if reason:
             raise BackendUnavailableError(f"backend 'eagle' cannot decode '{self.loaded.model_id}' exactly as generate "
@@ -120,7 +124,7 @@ class EagleBackend(EagerBackend):
         batch size sized so far, the choice (tree, threads for the cycles, tau, predicted cycle ms and speed-up) and,
         per thread count timed, the measured costs and the cache key they are stored under."""
         out = {**super().describe(), "head": self.head_path, "head_target": self.head_config.target,
-               "tree_mode": self.tree_mode, "verify_attention": "sdpa", "upcast": self.upcast,
+               "tree_mode": self.tree_mode, "verify_attention": self.verify_attention, "upcast": self.upcast,
                "gemv": self.gemv}
         if self.tree_mode == "auto" and self.profile is None:
             return {**out, "tree": asdict(self.tree), "tree_reason": f"default tree: the head has no acceptance "
