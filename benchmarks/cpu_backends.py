@@ -21,7 +21,8 @@ from typing import Any, Iterator
 
 import torch
 
-from gpu_check import MODEL_ID, decode_weight_bytes, floor, memory_bandwidth, random_llava
+from gpu_check import MODEL_ID, floor, memory_bandwidth, random_llava
+from llava_accel.quantize import decode_weight_bytes
 
 BACKENDS = ("eager", "cpu", "compile")
 

@@ -5,7 +5,8 @@
 
 For each backend (``NAME+MODE``: with quantised weights) and batch size: prompts of 780 tokens (576 image + 204
 text), exactly 8 new tokens, timed by ``llava_accel.measure`` (latency mean/p50/p90, TTFT, time per output token,
-energy and its source, FLOPs, MFU, peak memory), token agreement with ``eager`` on the same samples, and the physical
+energy and its source, FLOPs, MFU, peak memory: the printed peak is the row's own, net of the fp16 model a
+quantised row's copy sits beside), token agreement with ``eager`` on the same samples, and the physical
 floor beside each latency. The JSON is rewritten after every point, so an interrupted run keeps what it measured. Numbers on random weights are valid for
 latency, energy and FLOPs at a fixed output length, not for quality. Sized to finish in under 8 minutes on one
 H100/H200-class GPU; a point that would not fit the time budget is skipped and listed.
@@ -129,14 +130,6 @@ class Floor:
     decode_bound: str  # "memory" or "compute"
 
 
-def decode_weight_bytes(model: Any) -> int:
-    """Bytes a decode step must read: the language model and LM head (only a row of the embeddings is read)."""
-    lm = model.model.language_model
-    skip = {id(p) for p in lm.get_input_embeddings().parameters()}
-    params = [p for p in lm.parameters() if id(p) not in skip] + list(model.lm_head.parameters())
-    return sum(p.numel() * p.element_size() for p in params)
-
-
 def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     text = config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
@@ -146,8 +139,11 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
 
 def floor(model: Any, batch: int, prompt_len: int, new_tokens: int, prefill_flops: float, step_flops: float,
           peak_flops: float | None, bandwidth: float) -> Floor:
-    """``prefill_flops`` and ``step_flops`` are for the whole batch; without a known peak, bandwidth alone bounds."""
-    all_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    """``prefill_flops`` and ``step_flops`` are for the whole batch; without a known peak, bandwidth alone bounds.
+    Weight bytes as stored: a quantised model's floor is its own (int8: about half of fp16's)."""
+    from llava_accel.quantize import decode_weight_bytes, tensor_bytes
+
+    all_bytes = sum(tensor_bytes(p) for p in model.parameters()) + sum(tensor_bytes(b) for b in model.buffers())
     compute = (lambda f: f / peak_flops) if peak_flops else (lambda f: 0.0)
     prefill = max(compute(prefill_flops), all_bytes / bandwidth)
     kv = kv_bytes_per_token(model.config, model.dtype)
@@ -225,11 +221,12 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
                               "text_tokens": text_tokens, "ragged": ragged, "environment": environment.collect(device),
                               "bandwidth_bytes_per_s": memory_bandwidth(torch.device(device)),
                               "note": "random weights: valid for latency, energy and FLOPs at a fixed output "
-                                      "length, not for quality", "points": [], "skipped": []}
+                                      "length, not for quality", "points": [], "skipped": [], "failed": []}
     print(versions_line(report["environment"]), flush=True)
     print(HEADER, flush=True)
     samples = random_samples(loaded.processor, max(batches) * timed_batches, text_tokens, ragged=ragged)
     references: dict[int, Any] = {}  # eager's result per batch size
+    shared_bytes = sum(t.numel() * t.element_size() for t in [*loaded.model.parameters(), *loaded.model.buffers()])
     for name, options in backends:
         label = row_label(name, options)
         reason = backend_class(name).unavailable_reason(**{
@@ -244,7 +241,11 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
             model = random_llava(loaded.model.config, device, resolve_dtype(options["dtype"]), name=loaded.model_id)
         if name == "eagle" and "head" not in options:
             options = {**options, "head": random_head(model)}
-        backend = load_backend(name, model=model, **options)
+        try:
+            backend = load_backend(name, model=model, **options)
+        except Exception as e:  # one backend's failure must not cost the others' points (a lent GPU's minutes)
+            failed(report, label, None, e)
+            continue
         last = None  # this backend's last point: (seconds, of which compiling, batch)
         for batch in batches:
             elapsed = time.monotonic() - start
@@ -254,9 +255,16 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
                                           f"of {budget_s:.0f} s used, this point needs ~{projected:.0f} s"})
                 continue
             compiled_before = len(backend.describe().get("compile_events", []))
-            row, result = point(backend, samples[:batch * timed_batches], batch, references.get(batch),
-                                report["bandwidth_bytes_per_s"], new_tokens)
+            try:
+                row, result = point(backend, samples[:batch * timed_batches], batch, references.get(batch),
+                                    report["bandwidth_bytes_per_s"], new_tokens)
+            except Exception as e:
+                failed(report, label, batch, e)
+                out.write_text(json.dumps(report, indent=1, default=str))
+                break  # the larger batches of a backend that failed would fail the same way, or worse
             compiling = sum(e["first_call_s"] for e in row["describe"].get("compile_events", [])[compiled_before:])
+            # a quantised row's device peak includes the shared fp16 model kept for the rows after it
+            row["memory"]["shared_model_bytes"] = 0 if model is loaded else shared_bytes
             last = (time.monotonic() - start - elapsed, compiling, batch)
             if label == "eager":  # not eager+int8: a quantised row is measured against eager, never the reference
                 references[batch] = result
@@ -269,6 +277,16 @@ def run(loaded: Any, backends: Sequence[tuple[str, dict]], batches: Sequence[int
     report["duration_s"] = time.monotonic() - start
     out.write_text(json.dumps(report, indent=1, default=str))
     return report
+
+
+def failed(report: dict[str, Any], label: str, batch: int | None, error: Exception) -> None:
+    """Record (and print, with its traceback) a backend that raised; the sweep goes on with the next one."""
+    import traceback
+
+    traceback.print_exc()
+    report["failed"].append({"backend": label, "batch": batch, "error": f"{type(error).__name__}: {error}"})
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 HEADER = (f"{'backend':<12} {'dtype':<8} {'batch':>5} {'latency ms':>10} {'p90 ms':>8} {'floor ms':>8} "
@@ -284,7 +302,7 @@ def format_row(row: dict[str, Any]) -> str:
 
     lat, flr, fl = row.get("latency_s") or {}, row.get("floor") or {}, row.get("flops") or {}
     agree = row.get("agreement_with_eager", {}).get("identical_answers")
-    peak = row["memory"]["device_peak_bytes"]
+    peak = row["memory"]["device_peak_bytes"] and row["memory"]["device_peak_bytes"] - row["memory"]["shared_model_bytes"]
     return (f"{row['backend']:<12} {row['describe']['dtype']:<8} {row['batch']:>5} {ms(lat.get('mean')):>10} "
             f"{ms(lat.get('p90')):>8} {ms(flr.get('latency_s')):>8} {num(row.get('latency_over_floor'), '.2f'):>7} "
             f"{ms((row.get('ttft_s') or {}).get('mean')):>8} {ms((row.get('tpot_s') or {}).get('mean')):>8} "
@@ -326,8 +344,10 @@ def main(argv: list[str] | None = None) -> int:
                  args.budget_s - (time.monotonic() - started), ragged=args.ragged)
     for skipped in report["skipped"]:
         print(f"skipped: {skipped}")
+    for failure in report["failed"]:
+        print(f"FAILED: {failure}")
     print(f"gpu_check: {time.monotonic() - started:.0f} s in all; report: {args.out}")
-    return 0
+    return 1 if report["failed"] else 0
 
 
 if __name__ == "__main__":

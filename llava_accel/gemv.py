@@ -7,7 +7,8 @@ kernels here are plain loops of AVX2 FMAs over weights converted in registers (b
 layout, a mask and a subtract), the output columns split over the cores with OpenMP (torch's own thread pool: the
 library links ``libgomp.so.1`` by name, which resolves to the copy torch has loaded); they read the weights
 once for a few input rows (decode steps, a speculative tree); from ``upcast.UPCAST_MIN_ROWS`` rows a GEMM on the fp32
-weight is faster.
+weight is faster. Where the CPU has AVX-512 BF16, bf16 inputs meet the bf16 weights in its dot-product instruction
+instead (``native_bf16()``; ``LLAVA_ACCEL_GEMV=avx2`` keeps the AVX2 path).
 
 Built with the system C compiler (``$CC``, else ``cc``) into ``~/.cache/llava_accel/kernels/`` under a name keyed by
 the source, the flags and the compiler, the first time they are needed (about a second). Where the CPU lacks AVX2,
@@ -34,16 +35,36 @@ from .metrics.mfu import cache_dir
 SOURCE = Path(__file__).with_name("gemv.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared", "-fopenmp", "-Wall", "-Werror"]
 NEEDS = ("avx2", "fma", "f16c")
+# where the CPU has them, also bf16 x bf16 products in hardware (gemv_bf16_native); LLAVA_ACCEL_GEMV=avx2 leaves them
+NATIVE_FLAGS, NATIVE_NEEDS = ["-mavx512f", "-mavx512vl", "-mavx512bf16"], ("avx512f", "avx512vl", "avx512_bf16")
 BF16_MULTIPLE, Q4_GROUP = 32, 32  # the input width must be a multiple of these
 ENV = "LLAVA_ACCEL_GEMV"
 ATTEND_MAX_QUERIES = 64  # more (a prefill): torch's SDPA, whose blocked kernel is faster there
 _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
+def _build(compiler: str, flags: list[str]) -> Path | str:
+    """The library built with ``flags`` (cached by source, flags and compiler), or why it could not be."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *flags, version]).encode()).hexdigest()[:16]
+    path = cache_dir() / "kernels" / f"gemv-{key}.so"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # built aside, then renamed: no torn file
+            built = Path(tmp) / path.name
+            done = subprocess.run([compiler, *flags, "-o", str(built), str(SOURCE), "-lm"], capture_output=True,
+                                  text=True, timeout=300)
+            if done.returncode:
+                return f"{compiler} failed on gemv.c: {done.stderr.strip().splitlines()[-1:]}"
+            built.replace(path)
+    return path
+
+
 @lru_cache(maxsize=1)
 def _library() -> tuple[ctypes.CDLL | None, str]:
     """(the loaded library, its path) or (None, why not)."""
-    if os.environ.get(ENV, "1") == "0":
+    setting = os.environ.get(ENV, "1")
+    if setting == "0":
         return None, f"{ENV}=0"
     missing = [f for f in NEEDS if f not in cpu_flags()]
     if missing:
@@ -51,30 +72,34 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         return None, f"no C compiler ({os.environ.get('CC', 'cc')}) on PATH"
+    native = setting != "avx2" and all(f in cpu_flags() for f in NATIVE_NEEDS)
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version]).encode()).hexdigest()[:16]
-        path = cache_dir() / "kernels" / f"gemv-{key}.so"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # built aside, then renamed: no torn file
-                built = Path(tmp) / path.name
-                done = subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE), "-lm"], capture_output=True,
-                                      text=True, timeout=300)
-                if done.returncode:
-                    return None, f"{compiler} failed on gemv.c: {done.stderr.strip().splitlines()[-1:]}"
-                built.replace(path)
+        path = _build(compiler, FLAGS + NATIVE_FLAGS) if native else None
+        if not isinstance(path, Path):  # not asked, or a compiler too old for AVX-512 BF16: the AVX2 kernels alone
+            path = _build(compiler, FLAGS)
+        if not isinstance(path, Path):
+            return None, path
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"building gemv.c failed: {e}"
     lib.gemv_bf16.argtypes = [_p, _p, _p, _i64, _i64, _i64, _int]
-    lib.gemv_q4.argtypes = [_p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
+    lib.gemv_q4.argtypes = [_p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.q4_dequantize.argtypes = [_p, _p, _p, _i64, _i64, _int]
     lib.attend.argtypes = [_p, _p, _p, _int, _i64, _i64, _p, _p, _p, _i64, _i64, _i64, _i64, _i64, ctypes.c_float,
                            _int]
-    for function in (lib.gemv_bf16, lib.gemv_q4, lib.q4_dequantize, lib.attend):
+    functions = [lib.gemv_bf16, lib.gemv_q4, lib.q4_dequantize, lib.attend]
+    if hasattr(lib, "gemv_bf16_native"):
+        lib.gemv_bf16_native.argtypes = [_p, _p, _p, _i64, _i64, _i64, _int]
+        functions.append(lib.gemv_bf16_native)
+    for function in functions:
         function.restype = None
     return lib, str(path)
+
+
+def native_bf16() -> bool:
+    """Whether bf16 inputs are multiplied by bf16 weights in hardware here (AVX-512 BF16), not converted to fp32."""
+    lib = _library()[0]
+    return lib is not None and hasattr(lib, "gemv_bf16_native")
 
 
 def unavailable_reason() -> str | None:
@@ -86,7 +111,9 @@ def unavailable_reason() -> str | None:
 def describe() -> str:
     """Which kernels run few-row matmuls of bf16 and int4 weights here, in words."""
     lib, where = _library()
-    return f"our AVX2 kernels ({Path(where).name})" if lib is not None else f"torch's kernels ({where})"
+    if lib is None:
+        return f"torch's kernels ({where})"
+    return f"our {'AVX-512 BF16 and ' if native_bf16() else ''}AVX2 kernels ({Path(where).name})"
 
 
 def _rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
@@ -96,8 +123,15 @@ def _rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x @ weight.T`` in fp32 for a contiguous bf16 ``weight`` (n, k), ``k`` a multiple of 32; ``x`` (..., k) in any
-    float dtype. The result is fp32; the caller rounds it to its dtype."""
+    float dtype. The result is fp32; the caller rounds it to its dtype. bf16 ``x`` on a CPU with AVX-512 BF16: the
+    hardware's bf16 products (7-8 % faster on the 7B's projections at 2 threads, and closer to the exact sums)."""
     n, k = weight.shape
+    if x.dtype == torch.bfloat16 and native_bf16():
+        rows, m = x.reshape(-1, k).contiguous(), x.numel() // k
+        y = torch.empty(m, n, dtype=torch.float32)
+        _library()[0].gemv_bf16_native(weight.data_ptr(), rows.data_ptr(), y.data_ptr(), m, n, k,
+                                       torch.get_num_threads())
+        return y.view(*x.shape[:-1], n)
     x32, m = _rows(x, k)
     y = torch.empty(m, n, dtype=torch.float32)
     _library()[0].gemv_bf16(weight.data_ptr(), x32.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads())
@@ -110,9 +144,10 @@ def q4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> to
     n, k = packed.shape[0], packed.shape[1] * 2
     x32, m = _rows(x, k)
     y = torch.empty(m, n, dtype=torch.float32)
-    xq, dx = torch.empty(m, k, dtype=torch.int8), torch.empty(m, k // Q4_GROUP, dtype=torch.float32)
+    xq, groups = torch.empty(m, k, dtype=torch.int8), m * k // Q4_GROUP  # x in Q8_0: int8, scales, sums
+    dx, xc = torch.empty(groups, dtype=torch.float32), torch.empty(groups, dtype=torch.int32)
     _library()[0].gemv_q4(packed.data_ptr(), scales.data_ptr(), x32.data_ptr(), xq.data_ptr(), dx.data_ptr(),
-                          y.data_ptr(), m, n, k, torch.get_num_threads())
+                          xc.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads())
     return y.view(*x.shape[:-1], n)
 
 

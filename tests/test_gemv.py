@@ -38,14 +38,29 @@ def _rows_independent(f, x: torch.Tensor) -> bool:
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5])
-def test_bf16_kernel_is_the_fp32_product_of_the_bf16_numbers(weight, rows):
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float32])  # bf16: in hardware where the CPU has it
+def test_bf16_kernel_is_the_fp32_product_of_the_bf16_numbers(weight, rows, x_dtype):
     w = weight.to(torch.bfloat16)
-    x = torch.randn(rows, K).to(torch.bfloat16)
+    x = torch.randn(rows, K).to(torch.bfloat16).to(x_dtype)
     got = gemv.bf16_linear(x, w)
     exact = F.linear(x.double(), w.double())
     assert got.dtype == torch.float32 and got.shape == (rows, N)
     assert torch.allclose(got.double(), exact, rtol=0, atol=1e-5), (got.double() - exact).abs().max()
     assert _rows_independent(lambda t: gemv.bf16_linear(t, w), x)
+
+
+def test_hardware_bf16_products_are_chosen_from_the_cpu(monkeypatch):
+    from llava_accel.cpuinfo import cpu_flags
+
+    has = all(f in cpu_flags() for f in gemv.NATIVE_NEEDS)
+    assert gemv.native_bf16() == has and ("AVX-512 BF16" in gemv.describe()) == has
+    monkeypatch.setenv(gemv.ENV, "avx2")  # the AVX2 kernels alone, on any CPU
+    gemv._library.cache_clear()
+    try:
+        assert not gemv.native_bf16() and gemv.describe().startswith("our AVX2 kernels")
+    finally:
+        monkeypatch.delenv(gemv.ENV)
+        gemv._library.cache_clear()
 
 
 def test_q4_0_packing_is_llama_cpps(weight):

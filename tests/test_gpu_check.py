@@ -37,6 +37,14 @@ cpu1 = {{"dtype": "float32", "threads": 1}}
 # weights, and must not become the reference that the rows after it are compared with
 backends = gpu_check.parse_rows("eager,flash,eager+int8-dynamic,cpu,eagle", {{}})
 backends = [(n, {{**(cpu1 if n == "cpu" else {{}} if n == "flash" else cpu), **o}}) for n, o in backends]
+import llava_accel.registry as registry
+real_load = registry.load_backend
+def load_backend(name, **options):  # a backend that breaks must cost only its own row
+    if name == "compile":
+        raise RuntimeError("boom")
+    return real_load(name, **options)
+registry.load_backend = load_backend
+backends.append(("compile", cpu))
 gpu_check.run(loaded, backends, [2], Path({out!r}), budget_s=600, timed_batches=2)
 """
 
@@ -62,6 +70,8 @@ def test_pipeline_runs_on_cpu_without_gpu_image_missing_packages(tmp_path):
     assert report["weights"] == "random" and report["environment"]["gpu"] is None
     assert [(p["backend"], p["batch"]) for p in report["points"]] == [
         ("eager", 2), ("eager+int8-dynamic", 2), ("cpu", 2), ("eagle", 2)]
+    assert report["failed"] == [{"backend": "compile", "batch": None, "error": "RuntimeError: boom"}]
+    assert "RuntimeError: boom" in done.stderr  # with its traceback
     [skipped] = report["skipped"]
     assert skipped["backend"] == "flash" and skipped["reason"].startswith("needs the flash-attn package")
     for p in report["points"]:
@@ -79,6 +89,9 @@ def test_pipeline_runs_on_cpu_without_gpu_image_missing_packages(tmp_path):
         assert points[name]["describe"]["quantize"] is None
     assert points["eagle"]["backend_stats"]["verify_forwards"] > 0
     quantized = points["eager+int8-dynamic"]
+    # its own copy of the model: the shared one it sits beside is not its footprint; eager's model is the shared one
+    assert quantized["memory"]["shared_model_bytes"] > 0
+    assert points["eager"]["memory"]["shared_model_bytes"] == 0
     assert quantized["describe"]["quantization"]["quantized_linears"] > 0
     assert 0 <= quantized["agreement_with_eager"]["identical_answers"] <= 1
     assert "batch" in done.stdout and "cpu" in done.stdout  # the printed table
@@ -97,14 +110,16 @@ def test_floor_parts_match_hand_counts():
     model = build_model(LlavaConfig(**d), device="meta", dtype=torch.float16)
     # per layer: q and o (h x 4*16), k and v (h x 2*16), MLP 3 h x i, two RMSNorms; then final norm and LM head
     per_layer = 2 * h * 64 + 2 * h * 32 + 3 * h * i + 2 * h
-    assert gpu_check.decode_weight_bytes(model) == 2 * (layers * per_layer + h + vocab * h)
+    from llava_accel.quantize import decode_weight_bytes
+
+    assert decode_weight_bytes(model) == 2 * (layers * per_layer + h + vocab * h)
     assert gpu_check.kv_bytes_per_token(model.config, torch.float16) == 2 * layers * 2 * 16 * 2
     f = gpu_check.floor(model, batch=2, prompt_len=100, new_tokens=5, prefill_flops=4e9, step_flops=1e3,
                         peak_flops=1e12, bandwidth=1e9)
-    weights = sum(p.numel() for p in model.parameters()) * 2
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     assert f.prefill_s == max(4e9 / 1e12, weights / 1e9)
     kv = 2 * (2 * layers * 2 * 16 * 2) * (100 + 5 / 2)
-    assert f.decode_step_s == pytest.approx((gpu_check.decode_weight_bytes(model) + kv) / 1e9)
+    assert f.decode_step_s == pytest.approx((decode_weight_bytes(model) + kv) / 1e9)
     assert f.latency_s == pytest.approx(f.prefill_s + 4 * f.decode_step_s) and f.decode_bound == "memory"
 
 
