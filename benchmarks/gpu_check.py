@@ -161,6 +161,8 @@ def point(backend: Any, samples: Sequence, batch: int, reference: Any, bandwidth
     from llava_accel.measure import measure
     from llava_accel.registry import row_label
 
+    # what was allocated before the point (the models, caches and pools alive): what the peak is to be read against
+    before = torch.cuda.memory_allocated() if torch.cuda.is_available() else None
     m = measure(backend, samples, batch_size=batch, max_input_len=None, max_new_tokens=new_tokens,
                 fixed_new_tokens=True, warmup=WARMUP, progress=False, reference=reference)
     describe = backend.describe()
@@ -169,7 +171,8 @@ def point(backend: Any, samples: Sequence, batch: int, reference: Any, bandwidth
                            "tpot_s": _stats(m.latency.tpot), "per_sample_s": m.latency.per_sample_s,
                            "energy": {"joules_per_sample": m.energy.joules_per_sample, "source": m.energy.source,
                                       "label": m.energy.label, "idle_power_w": m.energy.idle_power_w},
-                           "memory": asdict(m.memory), "validity": asdict(m.validity),
+                           "memory": {**asdict(m.memory), "device_allocated_before_bytes": before},
+                           "validity": asdict(m.validity),
                            "backend_stats": m.backend_stats}
     if m.flops is not None:
         f = m.flops
