@@ -44,11 +44,15 @@ class OwnKernel:
     max_rows: int  # up to how many rows
 
 
-def own_kernel_max_rows(native_bf16: bool) -> int:
-    """Up to how many input rows our bf16 kernel is the faster one (0: never, where it cannot run here)."""
+def own_kernel_max_rows(native_bf16: bool, speculative: bool = False) -> int:
+    """Up to how many input rows our bf16 kernel serves (0: never, where it cannot run here): where it is the faster
+    one, or, for ``speculative`` decoding, every row count below the upcast. A verification computes a tree of
+    tokens in one forward, and greedy speculation is lossless only if each gets the bits a one-token decode step
+    gives it: our kernel computes a row the same in any batch, torch's GEMM does not (the 7B's tokens diverged at
+    the 7th with torch's native bf16 GEMM verifying 11 rows beside ours decoding one)."""
     if gemv.unavailable_reason() is not None:
         return 0
-    if not native_bf16:
+    if not native_bf16 or speculative:
         return UPCAST_MIN_ROWS - 1
     return HARDWARE_BF16_OWN_ROWS if gemv.native_bf16() else NATIVE_BF16_OWN_ROWS
 

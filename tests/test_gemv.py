@@ -176,3 +176,34 @@ def test_attention_of_a_few_queries_is_sdpa_over_the_masked_slots_query_by_query
     assert torch.allclose(got.double(), exact, rtol=tolerance, atol=tolerance), (got.double() - exact).abs().max()
     alone = gemv.attend(q[:, :, 1:2], k, v, mask[:, :, 1:2], d ** -0.5)  # one query: the bits it has among three
     assert torch.equal(alone, got[:, :, 1:2])
+
+
+def test_eagle_verifies_with_the_decodes_kernel_so_stays_lossless(tmp_path):
+    """A verification computes a tree of tokens in one forward, and each must get the bits a one-token decode step
+    gives it, or a near-tie of the argmax can flip (seen on the 7B with torch's native bf16 GEMM verifying 11 rows
+    beside our kernel decoding one). Our kernel computes a row the same in any batch, so it serves every verified
+    row where it serves the decode's. The 7B's config with one text layer of width 1024 (layers of 1M weights, our
+    kernel's) and a small vision tower."""
+    import json
+
+    import llava_accel as la
+    from llava_accel.models.architecture import SHIPPED_CONFIGS
+    from llava_accel.tasks import synthetic_samples
+
+    d = json.loads(SHIPPED_CONFIGS["llava-hf/llava-1.5-7b-hf"].read_text())
+    d["text_config"].update(hidden_size=1024, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=8,
+                            num_key_value_heads=8)
+    d["vision_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2)
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    samples = synthetic_samples("synthetic-textvqa", 2)
+    images, prompts = [s.image for s in samples], [s.prompt for s in samples]
+    cpu = la.load_backend("cpu", model=str(tmp_path), no_weights=True, dtype="bfloat16", threads=1)
+    eagle = la.load_backend("eagle", model=str(tmp_path), no_weights=True, device="cpu", dtype="bfloat16",
+                            head="random")
+    assert f"<= {UPCAST_MIN_ROWS - 1} rows" in eagle.describe()["gemv"]
+    tree = torch.randn(2, 11, 1024).to(torch.bfloat16)  # a verification of 11 tokens, in a batch of 2
+    for layer in (eagle.model.lm_head, eagle.model.model.language_model.layers[0].mlp.down_proj):
+        assert _rows_independent(module_projection(layer), tree.flatten(0, 1))
+    for image, prompt in zip(images, prompts):
+        expected = cpu.generate([image], [prompt], max_new_tokens=24, min_new_tokens=24)[0].token_ids
+        assert eagle.generate([image], [prompt], max_new_tokens=24, min_new_tokens=24)[0].token_ids == expected

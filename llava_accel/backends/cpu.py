@@ -22,14 +22,15 @@ from .eager import EagerBackend
 LOOPS = ("lean", "generate")
 
 
-def cpu_linears(backend: Any, upcast: bool | None) -> tuple[str, str]:
+def cpu_linears(backend: Any, upcast: bool | None, speculative: bool = False) -> tuple[str, str]:
     """Give a CPU backend's bf16 Linear layers their CPU forward (``llava_accel.upcast``): many-row inputs
     in fp32 where that pays (``upcast`` None: bf16/fp16 weights on a CPU without native bf16) or where asked, few-row
-    inputs on our kernel where it is faster. Returns what ``describe()`` says of each: (upcast, gemv)."""
+    inputs on our kernel where it is faster (``speculative``: wherever a verification needs it to be lossless).
+    Returns what ``describe()`` says of each: (upcast, gemv)."""
     checks.optional(checks.boolean, upcast, "upcast")
     if upcast is None:
         upcast = backend.dtype in LOW_PRECISION and not cpu_has_native_bf16()
-    upcast_layers, own = cpu_gemms(backend.model, upcast, own_kernel_max_rows(cpu_has_native_bf16()))
+    upcast_layers, own = cpu_gemms(backend.model, upcast, own_kernel_max_rows(cpu_has_native_bf16(), speculative))
     said = f"{upcast_layers} Linear layers compute inputs of >= {UPCAST_MIN_ROWS} rows in float32" if upcast else "off"
     if own.layers:
         return said, f"{gemv.describe()} for inputs of <= {own.max_rows} rows in {own.layers} bf16 Linear layers"

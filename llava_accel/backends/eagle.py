@@ -64,7 +64,7 @@ class EagleBackend(EagerBackend):
         super().__init__(model, device, dtype, attention, no_weights=no_weights)
         # on a CPU, the same prefill as the `cpu` backend's
         on_cpu = self.device.type == "cpu"
-        self.upcast, self.gemv = cpu_linears(self, upcast) if on_cpu else ("off", "torch's kernels")
+        self.upcast, self.gemv = cpu_linears(self, upcast, speculative=True) if on_cpu else ("off", "torch's kernels")
         self.verify_attention = (f"our kernel (llava_accel.gemv.attend) up to {gemv.ATTEND_MAX_QUERIES} tree tokens, "
                                  "else sdpa") if on_cpu and not gemv.unavailable_reason() else "sdpa"
         reason = unsupported_reason(self.model)  # the loop runs the lean layers: generate's tokens only where they apply
