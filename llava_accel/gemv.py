@@ -126,15 +126,11 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     float dtype. The result is fp32; the caller rounds it to its dtype. bf16 ``x`` on a CPU with AVX-512 BF16: the
     hardware's bf16 products (7-8 % faster on the 7B's projections at 2 threads, and closer to the exact sums)."""
     n, k = weight.shape
-    if x.dtype == torch.bfloat16 and native_bf16():
-        rows, m = x.reshape(-1, k).contiguous(), x.numel() // k
-        y = torch.empty(m, n, dtype=torch.float32)
-        _library()[0].gemv_bf16_native(weight.data_ptr(), rows.data_ptr(), y.data_ptr(), m, n, k,
-                                       torch.get_num_threads())
-        return y.view(*x.shape[:-1], n)
-    x32, m = _rows(x, k)
+    lib, native = _library()[0], x.dtype == torch.bfloat16 and native_bf16()
+    rows, m = (x.reshape(-1, k).contiguous(), x.numel() // k) if native else _rows(x, k)
     y = torch.empty(m, n, dtype=torch.float32)
-    _library()[0].gemv_bf16(weight.data_ptr(), x32.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads())
+    kernel = lib.gemv_bf16_native if native else lib.gemv_bf16
+    kernel(weight.data_ptr(), rows.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads())
     return y.view(*x.shape[:-1], n)
 
 
