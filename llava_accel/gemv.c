@@ -283,32 +283,53 @@ void q4_dequantize(const uint8_t *w, const uint16_t *scales, float *y, int64_t n
 }
 
 #ifdef __AVX512BF16__
-/* one bf16 row of x against J weight rows: pairs of exact bf16 products summed into fp32, 32 weights a step */
-#define DP_TILE(J)                                                                                   \
-    static inline void dp_tile##J(const uint16_t *w, const uint16_t *x, float *y, int64_t k) {      \
-        __m512 a[J];                                                                                 \
-        for (int j = 0; j < J; j++) a[j] = _mm512_setzero_ps();                                      \
+/* R bf16 rows of x against J weight rows: pairs of exact bf16 products summed into fp32, 32 weights a step, one
+   accumulator per output (so a row's result is the same in every tile shape); a weight vector loaded once serves
+   the R rows (a verification's tree: 11 rows were 5 decode steps with one row a pass) */
+#define DP_TILE(R, J)                                                                                \
+    static inline void dp_tile##R##x##J(const uint16_t *w, const uint16_t *x, float *y, int64_t n,  \
+                                        int64_t k) {                                                 \
+        __m512 a[R][J];                                                                              \
+        for (int r = 0; r < R; r++)                                                                  \
+            for (int j = 0; j < J; j++) a[r][j] = _mm512_setzero_ps();                               \
         for (int64_t c = 0; c < k; c += 32) {                                                        \
-            __m512bh xv = (__m512bh)_mm512_loadu_si512(x + c);                                       \
-            for (int j = 0; j < J; j++)                                                              \
-                a[j] = _mm512_dpbf16_ps(a[j], (__m512bh)_mm512_loadu_si512(w + j * k + c), xv);      \
+            __m512bh v[J];                                                                           \
+            for (int j = 0; j < J; j++) v[j] = (__m512bh)_mm512_loadu_si512(w + j * k + c);          \
+            for (int r = 0; r < R; r++) {                                                            \
+                __m512bh xv = (__m512bh)_mm512_loadu_si512(x + r * k + c);                           \
+                for (int j = 0; j < J; j++) a[r][j] = _mm512_dpbf16_ps(a[r][j], v[j], xv);           \
+            }                                                                                        \
         }                                                                                            \
-        for (int j = 0; j < J; j++) y[j] = _mm512_reduce_add_ps(a[j]);                               \
+        for (int r = 0; r < R; r++)                                                                  \
+            for (int j = 0; j < J; j++) y[r * n + j] = _mm512_reduce_add_ps(a[r][j]);                \
     }
-DP_TILE(8)
-DP_TILE(1)
+DP_TILE(4, 4)
+DP_TILE(2, 4)
+DP_TILE(1, 8)
+DP_TILE(4, 1)
+DP_TILE(2, 1)
+DP_TILE(1, 1)
+
+#define DP_ROWS(R, J)                                                                                \
+    static void dp_rows##R(const uint16_t *w, const uint16_t *x, float *y, int64_t n, int64_t k,    \
+                           int64_t j0, int64_t j1) {                                                 \
+        int64_t j = j0;                                                                              \
+        for (; j + J <= j1; j += J) dp_tile##R##x##J(w + j * k, x, y + j, n, k);                    \
+        for (; j < j1; j++) dp_tile##R##x1(w + j * k, x, y + j, n, k);                               \
+    }
+DP_ROWS(4, 4)
+DP_ROWS(2, 4)
+DP_ROWS(1, 8)
 
 static void *bf16_native_job(void *arg) {
     const Job *t = arg;
     const uint16_t *w = t->w, *x = (const uint16_t *)t->x;
     int64_t n = t->n, k = t->k;
     for (int64_t j0 = t->j0; j0 < t->j1; j0 += CHUNK) {
-        int64_t j1 = j0 + CHUNK < t->j1 ? j0 + CHUNK : t->j1;
-        for (int64_t i = 0; i < t->m; i++) {
-            int64_t j = j0;
-            for (; j + 8 <= j1; j += 8) dp_tile8(w + j * k, x + i * k, t->y + i * n + j, k);
-            for (; j < j1; j++) dp_tile1(w + j * k, x + i * k, t->y + i * n + j, k);
-        }
+        int64_t j1 = j0 + CHUNK < t->j1 ? j0 + CHUNK : t->j1, i = 0;
+        for (; i + 4 <= t->m; i += 4) dp_rows4(w, x + i * k, t->y + i * n, n, k, j0, j1);
+        for (; i + 2 <= t->m; i += 2) dp_rows2(w, x + i * k, t->y + i * n, n, k, j0, j1);
+        for (; i < t->m; i++) dp_rows1(w, x + i * k, t->y + i * n, n, k, j0, j1);
     }
     return 0;
 }

@@ -12,8 +12,8 @@ a 20-row emulated bf16 matmul, hence the threshold (crossover measured at 32-64 
 The few-row kernel (``llava_accel.gemv``). A decode step is bound by the weight bytes it reads, and torch's bf16
 GEMV reads them at about half the memory bandwidth on both CPU kinds measured (``benchmarks/gemv.py``, 7B shapes,
 2 threads): ours runs at the bandwidth floor, 1.5-2x faster at one row. Where the CPU has native bf16, torch's GEMM
-overtakes our AVX2 kernel from 3-4 rows (``NATIVE_BF16_OWN_ROWS``) and ours with the CPU's bf16 products between 4
-and 16 rows (``HARDWARE_BF16_OWN_ROWS``); where torch emulates bf16 (16 rows: 81 ms against ours'
+overtakes our AVX2 kernel from 3-4 rows (``NATIVE_BF16_OWN_ROWS``) and not ours with the CPU's bf16 products up to
+16 rows, the most measured (``HARDWARE_BF16_OWN_ROWS``); where torch emulates bf16 (16 rows: 81 ms against ours'
 20 ms for 11008 x 4096), ours serves every row count below the upcast.
 """
 
@@ -30,7 +30,7 @@ from . import gemv
 
 UPCAST_MIN_ROWS = 64
 NATIVE_BF16_OWN_ROWS = 2
-HARDWARE_BF16_OWN_ROWS = 4  # 0.66-0.73x torch's time at 4 rows, 1.2-1.5x at 16 (benchmarks/gemv.py, AVX-512 EPYC)
+HARDWARE_BF16_OWN_ROWS = 16  # 0.75-0.86x torch's time at 4 rows, 0.93x at 16 (benchmarks/gemv.py, AVX-512 EPYC)
 # smaller weights keep torch's kernel: their time is call overhead, not bytes, and the lean layers fuse a small
 # model's q/k/v and gate/up projections into one call each (seen on the 0.55M default: 2.76 ms a batch-4 step with
 # torch's fused calls against 3.38 with ours unfused)
