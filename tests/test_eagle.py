@@ -51,6 +51,19 @@ def test_lossless_past_the_answer(eager, eagle, task):
     assert all(len(t) == MAX_NEW for t in expected)
 
 
+def test_drafting_stops_at_eos_and_stays_lossless(eager):
+    """The shipped head drafts a caption's EOS after a few tokens; a chain of 8 then stops drafting there instead of
+    running 7 head forwards per verification, and forced past the answer (EOS forbidden) it drafts on."""
+    samples = synthetic_samples("synthetic-coco", 4, seed=13)
+    chain = la.load_backend("eagle", device="cpu", dtype="float32", tree="chain", depth=8)
+    assert _tokens(chain, samples, 1) == _tokens(eager, samples, 1)
+    stats = chain.stats()
+    assert stats["head_forwards"] < 5 * stats["verify_forwards"]  # 7 rounds + 1 feed each without the stop
+    chain.reset_stats()
+    assert _tokens(chain, samples, 1, min_new_tokens=MAX_NEW) == _tokens(eager, samples, 1, min_new_tokens=MAX_NEW)
+    assert chain.stats()["head_forwards"] >= 7 * chain.stats()["verify_forwards"]
+
+
 def test_chain_and_wide_tree_are_lossless(eager, mixed_batch):
     images, prompts = mixed_batch
     expected = [o.token_ids for o in eager.generate(images, prompts, max_new_tokens=MAX_NEW)]

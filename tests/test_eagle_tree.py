@@ -1,13 +1,14 @@
 """The pieces of EAGLE decoding on hand-built inputs: draft tree selection, mask and positions, greedy acceptance,
 slot-cache compaction, and the plain-function decoder layer against transformers' own."""
 
+import pytest
 import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from llava_accel.lean.cache import SlotCache
 from llava_accel.lean.layer import decoder_layer, layer_weights, rope
-from llava_accel.eagle.tree import accept, ancestor_mask, select_tree
+from llava_accel.eagle.tree import accept, ancestor_mask, chain_tree, select_tree
 
 # Candidates in drafting order (parents first): depth 1 = a, b (children of the root); depth 2 = children of a
 # (c, d) and of b (e, f). Parents are 1 + candidate index, 0 = the root.
@@ -88,6 +89,33 @@ def test_compaction_moves_accepted_entries_behind_each_rows_prefix():
     assert cache.prefix_mask().tolist() == [[True] * 7, [False, True, True, True, False, False, False]]
     cache.compact(torch.zeros(2, 1, dtype=torch.long), torch.tensor([0, 1]))  # a finished row keeps nothing
     assert cache.lens.tolist() == [7, 5]
+
+
+@pytest.mark.parametrize("lens", [[6, 6], [6, 4]])
+def test_in_order_compaction_equals_the_general_one(lens):
+    """``in_order`` (a chain's path, a head feed) skips the move where every row's entries end at ``begin``; the
+    cache must be the one the general gather/scatter makes, also where rows differ and it must move them."""
+    caches = []
+    for in_order in (False, True):
+        cache = SlotCache(layers=1, batch=2, kv_heads=1, head_dim=1, capacity=12, dtype=torch.float32,
+                          device=torch.device("cpu"))
+        cache.kv.zero_()
+        cache.lens, cache.begin = torch.tensor(lens), 6
+        cache.update(torch.arange(8.).view(2, 1, 4, 1), torch.arange(8.).view(2, 1, 4, 1) + 10, 0)
+        cache.compact(torch.arange(4).expand(2, 4), torch.tensor([3, 1]), in_order=in_order)
+        caches.append(cache)
+    assert torch.equal(caches[0].kv, caches[1].kv)
+    assert caches[0].lens.tolist() == caches[1].lens.tolist() == [lens[0] + 3, lens[1] + 1]
+    assert caches[0].begin == caches[1].begin
+
+
+def test_chain_tree_is_a_path_with_a_causal_mask():
+    tree = chain_tree(torch.tensor([7, 8]), torch.tensor([[1, 2, 3], [4, 5, 6]]))
+    assert tree.tokens.tolist() == [[7, 1, 2, 3], [8, 4, 5, 6]]
+    assert tree.parents[0].tolist() == [0, 0, 1, 2] and tree.depths[1].tolist() == [0, 1, 2, 3]
+    assert torch.equal(tree.mask[1], torch.ones(4, 4, dtype=torch.bool).tril())
+    path, counts = accept(tree, torch.tensor([[1, 2, 9, 9], [4, 9, 9, 9]]), max_depth=3)
+    assert counts.tolist() == [3, 2] and path[0, :3].tolist() == [0, 1, 2]
 
 
 def test_plain_layer_equals_transformers_layer_with_grouped_kv_heads():

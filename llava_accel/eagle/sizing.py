@@ -38,6 +38,7 @@ FEED_WIDTH = 4  # accepted tokens fed back to the head per cycle (about the ship
 DRAFT_DEPTH = 5  # draft rounds are timed as (draft of this depth - draft of depth 1) / (DRAFT_DEPTH - 1)
 PREFIX = 128  # valid cache entries while timing (a short prompt with its image)
 BUDGET_S = 1.5  # time spent timing, after one warm-up pass
+CYCLE_VERSION = 2  # part of the cache key: bumped when the decoding loop's costs change (2: the chain's own draft)
 THREAD_MARGIN = 1.1  # more threads for the cycles only when their expected tokens per second are this much higher
 
 
@@ -195,11 +196,11 @@ def _cycle_parts(decoder: EagleDecoder, batch: int, prefix: int) -> dict[tuple, 
             cache.begin = begin
 
     def draft(depth: int, k: int) -> Callable[[], Any]:
-        tree = TreeConfig(depth, k, k)
+        tree = TreeConfig(depth, k, depth if k == 1 else k)  # a chain of that depth, or k nodes kept
 
         def run() -> None:
             g.tree = tree
-            decoder._draft(g, [None] * depth)
+            decoder._draft(g, [None] * depth, stop_at_eos=False)
         return run
 
     def verify(n: int) -> Callable[[], Any]:
@@ -282,7 +283,7 @@ def machine_name(device: torch.device) -> str:
 
 
 def cache_key(device: torch.device, model: str, dtype: torch.dtype, head: str, batch: int, threads: int) -> str:
-    return (f"{machine_name(device)}|threads={threads}|torch {torch.__version__}|model={model}|"
+    return (f"{machine_name(device)}|threads={threads}|torch {torch.__version__}|cycle v{CYCLE_VERSION}|model={model}|"
             f"{str(dtype).removeprefix('torch.')}|head={head}|batch={batch}")
 
 

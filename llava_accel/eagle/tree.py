@@ -22,6 +22,7 @@ class Tree:
     parents: torch.Tensor  # (batch, n) long, index of each node's parent; the root is its own parent
     depths: torch.Tensor  # (batch, n) long, root 0: the node's position is the root's position + depth
     mask: torch.Tensor  # (batch, n, n) bool, mask[b, i, j]: node j is node i or one of its ancestors
+    chain: bool = False  # node i + 1 is the child of node i: acceptance and compaction take shortcuts
 
     def positions(self, root_positions: torch.Tensor) -> torch.Tensor:
         """Tree position ids: the root's position plus the depth (siblings share a position)."""
@@ -57,6 +58,15 @@ def select_tree(root: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor, 
                 mask=ancestor_mask(node_parents, max_depth))
 
 
+def chain_tree(root: torch.Tensor, tokens: torch.Tensor) -> Tree:
+    """The tree of a chain: ``root`` (batch,) followed by ``tokens`` (batch, n), each node the child of the previous."""
+    batch, n = tokens.shape[0], tokens.shape[1] + 1
+    order = torch.arange(n, device=root.device)
+    return Tree(tokens=torch.cat([root[:, None], tokens], 1), parents=(order - 1).clamp(min=0).expand(batch, n),
+                depths=order.expand(batch, n),
+                mask=torch.ones(n, n, dtype=torch.bool, device=root.device).tril().expand(batch, n, n), chain=True)
+
+
 def accept(tree: Tree, target: torch.Tensor, max_depth: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy acceptance. ``target``: (batch, n) the target's greedy token after each node.
 
@@ -65,6 +75,10 @@ def accept(tree: Tree, target: torch.Tensor, max_depth: int) -> tuple[torch.Tens
     max_depth + 1), the accepted nodes in depth order (the first ``counts[b]`` entries of row b are meaningful), and
     ``counts`` (batch,), accepted nodes including the root = tokens emitted this step (the target's choices at the
     path's nodes: the accepted drafts plus one bonus token)."""
+    if tree.chain:  # the drafts agree with the target up to the first miss; the path is the nodes in order
+        n = tree.tokens.shape[1]
+        counts = 1 + (tree.tokens[:, 1:] == target[:, :-1]).cumprod(1).sum(1)
+        return torch.arange(n, device=target.device).expand(target.shape[0], n), counts
     ok = tree.tokens == target.gather(1, tree.parents)
     ok[:, 0] = True
     accepted = ok
