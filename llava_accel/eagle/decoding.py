@@ -301,6 +301,11 @@ class EagleDecoder:
         """The draft of this step and its depth: a chain where ``top_k`` is 1, else a dynamic tree."""
         return (self._draft_chain if g.tree.top_k == 1 else self._draft_tree)(g, forbid_eos, stop_at_eos)
 
+    def _all_at_eos(self, frontier: torch.Tensor, done: list[bool]) -> bool:
+        """Whether every frontier node (batch, ...) of every row still generating is an EOS: drafting ends there."""
+        rows = frontier.reshape(len(done), -1).tolist()
+        return all(ended or all(t == self.eos for t in row) for row, ended in zip(rows, done))
+
     def _draft_chain(self, g: _Generation, forbid_eos: list[torch.Tensor | None],
                      stop_at_eos: bool) -> tuple[Tree, int]:
         """One token per head forward, the argmax: a chain needs no scores, reranking or tree mask, and on a CPU
@@ -314,7 +319,7 @@ class EagleDecoder:
                             -1)[:, None, None]
         cos, sin = self._rope(g.root_positions[:, None] + torch.arange(depth, device=device))
         for d in range(1, depth):
-            if stop_at_eos and all(t == self.eos or done for t, done in zip(token.tolist(), g.done)):
+            if stop_at_eos and self._all_at_eos(token, g.done):
                 break
             cache.begin = base + d - 1
             feature = self.head.step(F.embedding(token[:, None], self._embed_w), feature[:, None],
@@ -335,7 +340,6 @@ class EagleDecoder:
         Returns the tree and its depth."""
         k, depth = g.tree.top_k, g.tree.depth
         cache, batch, device = g.head_cache, g.root.shape[0], g.root.device
-        ended = torch.tensor(g.done, device=device)[:, None]
         scores, tokens = self._log_probs(g.predicted, forbid_eos[0]).topk(k, dim=-1)
         zeros = torch.zeros(batch, k, dtype=torch.long, device=device)
         cand_tokens, cand_scores, cand_parents, cand_depths = [tokens], [scores], [zeros], [zeros + 1]
@@ -347,9 +351,9 @@ class EagleDecoder:
         prefix = cache.prefix_mask()[:, None].expand(-1, k, -1)
         drafted = 1  # depth drafted so far
         for d in range(1, depth):
-            at_eos = tokens == self.eos
-            if stop_at_eos and bool((at_eos | ended).all()):
+            if stop_at_eos and self._all_at_eos(tokens, g.done):
                 break
+            at_eos = tokens == self.eos
             cache.begin = base + (d - 1) * k
             out = self.head.step(F.embedding(tokens, self._embed_w), features,
                                  self._rope((g.root_positions + d - 1)[:, None].expand(-1, k)),
