@@ -62,7 +62,12 @@ class Row:
 ROWS = {
     "cpu-bf16": Row("cpu", {"dtype": "bfloat16"}, "bf16", "bf16 weights; prefill in fp32 where the CPU has no native "
                     "bf16 (upcast); decode on our kernels"),
-    "cpu-int8-dynamic": Row("cpu", {"quantize": "int8-dynamic"}, "q8_0", "fp32 activations, int8 GEMM (fbgemm)"),
+    "cpu-int8-dynamic": Row("cpu", {"quantize": "int8-dynamic"}, "q8_0", "int8 weights, activations rounded per row "
+                            "and call: our int8 kernel where it builds (fp32 activations where the CPU lacks bf16)"),
+    "cpu-int8-dynamic-bf16": Row("cpu", {"quantize": "int8-dynamic", "dtype": "bfloat16"}, "q8_0",
+                                 "the same in bf16: half the KV cache to read"),
+    "cpu-int8-dynamic-fbgemm": Row("cpu", {"quantize": "int8-dynamic"}, "q8_0", "torch.ao's dynamic int8 (fbgemm, "
+                                   "fp32 activations), pinned", recipe="torch"),
     "cpu-int8": Row("cpu", {"quantize": "int8"}, "q8_0", "bf16 activations, int8 weights (quanto)"),
     "cpu-int4": Row("cpu", {"quantize": "int4"}, "q4_0", "int4 weights: our Q4_0 kernel where it builds"),
     "cpu-int4-torchao": Row("cpu", {"quantize": "int4"}, "q4_0", "torchao's int4 kernel (bf16 activations), pinned",

@@ -1,4 +1,4 @@
-/* Few-row matmuls y = x W^T over bf16 or int4 weights, for x86 CPUs with AVX2 + FMA + F16C (see gemv.py for why).
+/* Matmuls y = x W^T over bf16, int8 or int4 weights, for x86 CPUs with AVX2 + FMA + F16C (see gemv.py for why).
 
    x: m rows of k floats; W: n rows of k weights; y: m rows of n floats. The n output columns are split over
    `threads` OpenMP threads. Every y[i][j] is computed by the same sequence of operations whatever m, the thread
@@ -9,6 +9,10 @@
    16g..16g+15: weight 32g+t in the low nibble of byte t, weight 32g+16+t in its high nibble) and k/32 fp16 scales;
    weight = (nibble - 8) * scale, which q4_dequantize writes out in fp32. As in llama.cpp, the int4 matmul first
    rounds x to int8 per group of 32 (Q8_0), so that a group's dot product is exact integer arithmetic (maddubs).
+   int8: W is n x k int8 with one float scale per row (w = q * scale) and its row sums; k a multiple of 32. x is
+   rounded per row to 7-bit unsigned integers with a zero point (as fbgemm's dynamic quantisation with reduce_range
+   does, so that maddubs cannot saturate: 127 * 128 * 2 < 2^15), and a row's dot product is exact integer arithmetic
+   from end to end, so any tiling gives the same bits; this one kernel serves a decode step and a prefill alike.
 
    Built with AVX-512 BF16 (where the CPU has it: gemv.py), gemv_bf16_native also takes bf16 inputs and multiplies
    them by the bf16 weights as they are stored (vdpbf16ps: 32 products a step, no conversion). */
@@ -33,8 +37,8 @@ static inline __m256 bf16x8(const uint16_t *p) {
 /* R rows of x against J bf16 weight rows, STEP weights a step (WV: a vector of them, converted by LOAD_W, and of x
    by LOAD_X), one accumulator (ACC) per output updated by MAC(acc, w, x) and summed by SUM. Each output's operations
    are the same in every tile shape, so a row's result does not depend on the tile it falls in. */
-#define TILE(KIND, R, J, XT, ACC, WV, STEP, ZERO, LOAD_W, LOAD_X, MAC, SUM)                          \
-    static inline void KIND##_tile##R##x##J(const uint16_t *w, const XT *x, float *y, int64_t n,    \
+#define TILE(KIND, R, J, WT, XT, ACC, WV, STEP, ZERO, LOAD_W, LOAD_X, MAC, SUM)                      \
+    static inline void KIND##_tile##R##x##J(const WT *w, const XT *x, float *y, int64_t n,          \
                                             int64_t k) {                                             \
         ACC a[R][J];                                                                                 \
         for (int r = 0; r < R; r++)                                                                  \
@@ -52,8 +56,8 @@ static inline __m256 bf16x8(const uint16_t *p) {
     }
 
 /* weight rows j0..j1 against R rows of x, J weight rows a tile, then one */
-#define TILE_ROWS(KIND, R, J, XT)                                                                    \
-    static void KIND##_rows##R(const uint16_t *w, const XT *x, float *y, int64_t n, int64_t k,      \
+#define TILE_ROWS(KIND, R, J, WT, XT)                                                                \
+    static void KIND##_rows##R(const WT *w, const XT *x, float *y, int64_t n, int64_t k,            \
                                int64_t j0, int64_t j1) {                                             \
         int64_t j = j0;                                                                              \
         for (; j + J <= j1; j += J) KIND##_tile##R##x##J(w + j * k, x, y + j, n, k);                \
@@ -63,10 +67,10 @@ static inline __m256 bf16x8(const uint16_t *p) {
 /* weight rows in chunks of CHUNK (256 KB of bf16 at k = 4096: they stay in L2 while every row of x passes), the rows
    of x in blocks of 4, then 2, then 1, each with its tile shape */
 #define CHUNK 32
-#define ROWS_JOB(KIND, XT)                                                                           \
+#define ROWS_JOB(KIND, WT, XT)                                                                       \
     static void *KIND##_job(void *arg) {                                                             \
         const Job *t = arg;                                                                          \
-        const uint16_t *w = t->w;                                                                    \
+        const WT *w = t->w;                                                                          \
         const XT *x = (const XT *)t->x;                                                              \
         int64_t n = t->n, k = t->k;                                                                  \
         for (int64_t j0 = t->j0; j0 < t->j1; j0 += CHUNK) {                                          \
@@ -80,15 +84,16 @@ static inline __m256 bf16x8(const uint16_t *p) {
 
 /* a kernel: its tiles (J4, J2, J1 weight rows a tile for 4, 2 and 1 rows of x, and single weight rows), row loops and
    job */
-#define KERNEL(KIND, TILE_OF, XT, J4, J2, J1)                                                        \
+#define KERNEL(KIND, TILE_OF, WT, XT, J4, J2, J1)                                                    \
     TILE_OF(4, J4) TILE_OF(2, J2) TILE_OF(1, J1) TILE_OF(4, 1) TILE_OF(2, 1) TILE_OF(1, 1)           \
-    TILE_ROWS(KIND, 4, J4, XT) TILE_ROWS(KIND, 2, J2, XT) TILE_ROWS(KIND, 1, J1, XT) ROWS_JOB(KIND, XT)
+    TILE_ROWS(KIND, 4, J4, WT, XT) TILE_ROWS(KIND, 2, J2, WT, XT) TILE_ROWS(KIND, 1, J1, WT, XT)     \
+    ROWS_JOB(KIND, WT, XT)
 
 /* AVX2: bf16 weights widened to fp32 in registers, fp32 x, 8 a step; the tile shapes keep 8 independent FMA chains
    (enough to hide the FMA latency) at 1, 2 or 4 rows */
 static inline __m256 fma8(__m256 a, __m256 w, __m256 x) { return _mm256_fmadd_ps(w, x, a); }
 #define BF16_TILE(R, J) \
-    TILE(bf16, R, J, float, __m256, __m256, 8, _mm256_setzero_ps, bf16x8, _mm256_loadu_ps, fma8, hsum)
+    TILE(bf16, R, J, uint16_t, float, __m256, __m256, 8, _mm256_setzero_ps, bf16x8, _mm256_loadu_ps, fma8, hsum)
 
 /* 32 int4 weights of one group as four vectors of 8 floats (nibble - 8, not yet scaled): for q4_dequantize */
 static inline void q4x32(const uint8_t *p, __m256 q[4]) {
@@ -165,17 +170,66 @@ Q4_DOT(1)
 Q4_DOT(2)
 
 typedef struct {
-    const void *w;         /* bf16: uint16 n x k; int4: uint8 n x k/2 */
-    const uint16_t *scales; /* int4 only: fp16 n x k/32 */
-    const float *x;
-    const int8_t *xq; /* int4 only: x in Q8_0, its scales and 8 x its sums per group */
-    const float *dx;
-    const int32_t *xc;
+    const void *w;          /* bf16: uint16 n x k; int8: int8 n x k; int4: uint8 n x k/2 */
+    const uint16_t *scales; /* int4: fp16 n x k/32 */
+    const float *ws;        /* int8: the weight rows' scales and sums */
+    const int32_t *wsum;
+    const void *x;    /* bf16: fp32 or bf16 rows; int8: x rounded to uint8 */
+    const int8_t *xq; /* int4: x in Q8_0 */
+    const float *dx;  /* int4: the scales of x's groups, int8: of its rows */
+    const int32_t *xc; /* int4: 8 x the sums of x's groups, int8: the zero points of its rows */
     float *y;
     int64_t m, n, k, j0, j1;
 } Job;
 
-KERNEL(bf16, BF16_TILE, float, 2, 4, 8)
+KERNEL(bf16, BF16_TILE, uint16_t, float, 2, 4, 8)
+
+/* int8: unsigned 7-bit x times signed 8-bit w, 32 products a step summed in pairs (maddubs, which cannot saturate
+   here) and then in fours into int32 lanes (madd); exact, so the tile shapes only decide how often a weight vector
+   loaded from memory is reused */
+static inline __m256i u8x32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline __m256i mac_i8(__m256i a, __m256i w, __m256i x) {
+    return _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), _mm256_set1_epi16(1)));
+}
+static inline float hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return (float)_mm_cvtsi128_si32(s);
+}
+#define I8_TILE(R, J) \
+    TILE(i8, R, J, int8_t, uint8_t, __m256i, __m256i, 32, _mm256_setzero_si256, u8x32, u8x32, mac_i8, hsum_i32)
+KERNEL(i8, I8_TILE, int8_t, uint8_t, 4, 4, 4)
+
+/* x's rows as unsigned 7-bit integers: per row, scale = (max - min) / 127 over the row's values and 0, zero point
+   z = round(-min / scale), q = clamp(round(x / scale) + z, 0, 127), so x ~ (q - z) * scale (fbgemm's dynamic
+   quantisation with reduce_range, per row rather than per call: a row's result does not depend on the others) */
+static void quantize_u7(const float *x, uint8_t *q, float *scale, int32_t *zero, int64_t m, int64_t k) {
+    for (int64_t i = 0; i < m; i++) {
+        const float *row = x + i * k;
+        float lo = 0.0f, hi = 0.0f;
+        for (int64_t c = 0; c < k; c++) lo = fminf(lo, row[c]), hi = fmaxf(hi, row[c]);
+        float s = (hi - lo) / 127.0f;
+        int32_t z = s > 0.0f ? (int32_t)nearbyintf(-lo / s) : 0;
+        scale[i] = s, zero[i] = z;
+        for (int64_t c = 0; c < k; c++) {
+            float v = s > 0.0f ? nearbyintf(row[c] / s) + (float)z : 0.0f;
+            q[i * k + c] = (uint8_t)fminf(fmaxf(v, 0.0f), 127.0f);
+        }
+    }
+}
+
+/* the integer dot products of a column range, then y = scale_x * scale_w * (q_x . q_w - z_x * sum(q_w)) */
+static void *i8_scaled_job(void *arg) {
+    const Job *t = arg;
+    i8_job(arg);
+    for (int64_t i = 0; i < t->m; i++)
+        for (int64_t j = t->j0; j < t->j1; j++) {
+            float *y = t->y + i * t->n + j;
+            *y = (float)((double)t->dx[i] * t->ws[j] * ((double)*y - (double)t->xc[i] * t->wsum[j]));
+        }
+    return 0;
+}
 
 static void *q4_job(void *arg) {
     const Job *t = arg;
@@ -215,13 +269,13 @@ static void *q4_dequant_job(void *arg) {
 /* the output columns in `threads` contiguous ranges, one per OpenMP thread: torch's own pool (the process has
    loaded torch's libgomp.so.1 before this library, so the name resolves to it), whose threads would otherwise
    spin beside ours after each torch op and halve our speed */
-static void run(void *(*job)(void *), const void *w, const uint16_t *scales, const float *x, const int8_t *xq,
-                const float *dx, const int32_t *xc, float *y, int64_t m, int64_t n, int64_t k, int threads) {
+static void run(void *(*job)(void *), Job all, int threads) {
     if (threads < 1) threads = 1;
-    if (threads > n) threads = (int)n;
+    if (threads > all.n) threads = (int)all.n;
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int t = 0; t < threads; t++) {
-        Job part = {w, scales, x, xq, dx, xc, y, m, n, k, n * t / threads, n * (t + 1) / threads};
+        Job part = all;
+        part.j0 = all.n * t / threads, part.j1 = all.n * (t + 1) / threads;
         job(&part);
     }
 }
@@ -276,30 +330,40 @@ void attend(const float *q, const void *k, const void *v, int bf16, int64_t stri
 }
 
 void gemv_bf16(const uint16_t *w, const float *x, float *y, int64_t m, int64_t n, int64_t k, int threads) {
-    run(bf16_job, w, 0, x, 0, 0, 0, y, m, n, k, threads);
+    run(bf16_job, (Job){.w = w, .x = x, .y = y, .m = m, .n = n, .k = k}, threads);
 }
 
 /* xq (m x k bytes), dx (m x k/32 floats) and xc (m x k/32 int32): the caller's scratch for x in Q8_0 */
 void gemv_q4(const uint8_t *w, const uint16_t *scales, const float *x, int8_t *xq, float *dx, int32_t *xc, float *y,
              int64_t m, int64_t n, int64_t k, int threads) {
     quantize_q8(x, xq, dx, xc, m, k);
-    run(q4_job, w, scales, 0, xq, dx, xc, y, m, n, k, threads);
+    run(q4_job, (Job){.w = w, .scales = scales, .xq = xq, .dx = dx, .xc = xc, .y = y, .m = m, .n = n, .k = k},
+        threads);
 }
 
 void q4_dequantize(const uint8_t *w, const uint16_t *scales, float *y, int64_t n, int64_t k, int threads) {
-    run(q4_dequant_job, w, scales, 0, 0, 0, 0, y, 0, n, k, threads);
+    run(q4_dequant_job, (Job){.w = w, .scales = scales, .y = y, .n = n, .k = k}, threads);
+}
+
+/* w: n x k int8, ws and wsum: its rows' scales and sums; xq (m x k bytes), dx (m floats) and xz (m int32): the
+   caller's scratch for x as 7-bit integers, their scales and zero points */
+void gemm_i8(const int8_t *w, const float *ws, const int32_t *wsum, const float *x, uint8_t *xq, float *dx,
+             int32_t *xz, float *y, int64_t m, int64_t n, int64_t k, int threads) {
+    quantize_u7(x, xq, dx, xz, m, k);
+    run(i8_scaled_job, (Job){.w = w, .ws = ws, .wsum = wsum, .x = xq, .dx = dx, .xc = xz, .y = y, .m = m, .n = n,
+                             .k = k}, threads);
 }
 
 #ifdef __AVX512BF16__
 /* AVX-512 BF16: bf16 x against the bf16 weights as stored, pairs of exact products summed into fp32, 32 a step; a
    weight vector loaded once serves 4 rows of x (16 rows of 11008 x 4096: 9.3 ms with one row a pass, 6.4 so) */
 static inline __m512bh bf16x32(const uint16_t *p) { return (__m512bh)_mm512_loadu_si512(p); }
-#define DP_TILE(R, J) TILE(dp, R, J, uint16_t, __m512, __m512bh, 32, _mm512_setzero_ps, bf16x32, bf16x32, \
-                           _mm512_dpbf16_ps, _mm512_reduce_add_ps)
-KERNEL(dp, DP_TILE, uint16_t, 4, 4, 8)
+#define DP_TILE(R, J) TILE(dp, R, J, uint16_t, uint16_t, __m512, __m512bh, 32, _mm512_setzero_ps, bf16x32, \
+                           bf16x32, _mm512_dpbf16_ps, _mm512_reduce_add_ps)
+KERNEL(dp, DP_TILE, uint16_t, uint16_t, 4, 4, 8)
 
 /* x: m rows of k bf16 numbers */
 void gemv_bf16_native(const uint16_t *w, const uint16_t *x, float *y, int64_t m, int64_t n, int64_t k, int threads) {
-    run(dp_job, w, 0, (const float *)x, 0, 0, 0, y, m, n, k, threads);
+    run(dp_job, (Job){.w = w, .x = x, .y = y, .m = m, .n = n, .k = k}, threads);
 }
 #endif

@@ -37,7 +37,7 @@ FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared", "-fopenmp", "-W
 NEEDS = ("avx2", "fma", "f16c")
 # where the CPU has them, also bf16 x bf16 products in hardware (gemv_bf16_native); LLAVA_ACCEL_GEMV=avx2 leaves them
 NATIVE_FLAGS, NATIVE_NEEDS = ["-mavx512f", "-mavx512vl", "-mavx512bf16"], ("avx512f", "avx512vl", "avx512_bf16")
-BF16_MULTIPLE, Q4_GROUP = 32, 32  # the input width must be a multiple of these
+BF16_MULTIPLE, I8_MULTIPLE, Q4_GROUP = 32, 32, 32  # the input width must be a multiple of these
 ENV = "LLAVA_ACCEL_GEMV"
 ATTEND_MAX_QUERIES = 64  # more (a prefill): torch's SDPA, whose blocked kernel is faster there
 _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -85,9 +85,10 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.gemv_bf16.argtypes = [_p, _p, _p, _i64, _i64, _i64, _int]
     lib.gemv_q4.argtypes = [_p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.q4_dequantize.argtypes = [_p, _p, _p, _i64, _i64, _int]
+    lib.gemm_i8.argtypes = [_p, _p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.attend.argtypes = [_p, _p, _p, _int, _i64, _i64, _p, _p, _p, _i64, _i64, _i64, _i64, _i64, ctypes.c_float,
                            _int]
-    functions = [lib.gemv_bf16, lib.gemv_q4, lib.q4_dequantize, lib.attend]
+    functions = [lib.gemv_bf16, lib.gemv_q4, lib.q4_dequantize, lib.gemm_i8, lib.attend]
     if hasattr(lib, "gemv_bf16_native"):
         lib.gemv_bf16_native.argtypes = [_p, _p, _p, _i64, _i64, _i64, _int]
         functions.append(lib.gemv_bf16_native)
@@ -144,6 +145,19 @@ def q4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> to
     dx, xc = torch.empty(groups, dtype=torch.float32), torch.empty(groups, dtype=torch.int32)
     _library()[0].gemv_q4(packed.data_ptr(), scales.data_ptr(), x32.data_ptr(), xq.data_ptr(), dx.data_ptr(),
                           xc.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads())
+    return y.view(*x.shape[:-1], n)
+
+
+def i8_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T`` in fp32 for W = ``weight`` (int8 (n, k), ``k`` a multiple of 32) times ``scales`` (fp32 (n,), per
+    row), ``sums`` its rows' sums (int32 (n,)); any number of rows. Each row of ``x`` is rounded to 7-bit integers
+    with a zero point first (fbgemm's dynamic quantisation, per row), so the result is that of the rounded ``x``."""
+    n, k = weight.shape
+    x32, m = _rows(x, k)
+    y = torch.empty(m, n, dtype=torch.float32)
+    xq, dx, xz = torch.empty(m, k, dtype=torch.uint8), torch.empty(m), torch.empty(m, dtype=torch.int32)
+    _library()[0].gemm_i8(weight.data_ptr(), scales.data_ptr(), sums.data_ptr(), x32.data_ptr(), xq.data_ptr(),
+                          dx.data_ptr(), xz.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads())
     return y.view(*x.shape[:-1], n)
 
 

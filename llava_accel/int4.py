@@ -49,6 +49,11 @@ class Int4Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear) -> "Int4Linear":
         return cls(*quantize_q4_0(linear.weight), linear.bias)
 
+    @staticmethod
+    def supports(layer: nn.Module) -> bool:
+        """Whether a Linear layer's input width splits into Q4_0 groups (others stay in full precision)."""
+        return layer.in_features % GROUP == 0
+
     def dequantize(self) -> torch.Tensor:
         """The fp32 weight these int4 values stand for."""
         return gemv.q4_dequantize(self.packed, self.scales)
@@ -63,17 +68,3 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, Q4_0 (groups of {GROUP})"
-
-
-def supports(layer: nn.Module) -> bool:
-    """Whether a Linear layer's input width splits into Q4_0 groups (others stay in full precision)."""
-    return layer.in_features % GROUP == 0
-
-
-def quantize_linears(model: nn.Module, names: list[str]) -> None:
-    """Replace the named Linear layers of ``model`` by ``Int4Linear`` (those whose width allows it)."""
-    for name in names:
-        layer = model.get_submodule(name)
-        if supports(layer):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, Int4Linear.from_linear(layer))

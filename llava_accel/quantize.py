@@ -2,7 +2,7 @@
 
 A decode step reads every weight of the language model once, so its time is bound by weight bytes: int8 halves them
 against 16-bit weights, int4 halves them again. Each (mode, device) pair is served by the library (or our own
-kernel, ``llava_accel.int4``) that has the fastest kernel for it (chosen by measurement, see docs/backends.md); a
+kernels, ``llava_accel.int8`` and ``llava_accel.int4``) that has the fastest kernel for it (chosen by measurement, see docs/backends.md); a
 pair without one is refused at load time, in one line, before the model is loaded. The vision tower and projector
 run once per image, so they stay in full precision unless ``include_vision=True``.
 """
@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 from . import gemv
+from .cpuinfo import cpu_flags
 from .errors import BackendUnavailableError, install_hint
-from .int4 import Int4Linear, quantize_linears
+from .int4 import Int4Linear
+from .int8 import Int8Linear
 
 MODES = ("int8", "int8-dynamic", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)  # the largest one that divides a layer's input width is used (gpt-fast: 128)
@@ -140,6 +142,27 @@ def _quanto_int8(model: nn.Module, names: list[str]) -> None:
     freeze(model)
 
 
+OWN_LAYERS = (Int4Linear, Int8Linear)  # our quantised Linear layers, each run by our kernels (llava_accel.gemv)
+
+
+def _own(layer_type: type) -> Callable[[nn.Module, list[str]], None]:
+    """Replaces the named Linear layers by ``layer_type`` (one of ``OWN_LAYERS``), those whose shape it supports."""
+    def apply(model: nn.Module, names: list[str]) -> None:
+        for name in names:
+            layer = model.get_submodule(name)
+            if layer_type.supports(layer):
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, layer_type.from_linear(layer))
+    return apply
+
+
+def _own_int8_steps_aside() -> str | None:
+    """Why our int8 kernel does not serve ``int8-dynamic`` here: it cannot build, or the CPU has AVX-512 VNNI, whose
+    4-way byte dot products fbgemm uses (a 780-row prefill at 2.7x the fp32 matmul peak, and the decode at 1.04x its
+    floor on the AVX-512 EPYC; ours, AVX2 only, multiplies in two steps)."""
+    return gemv.unavailable_reason() or ("fbgemm uses this CPU's AVX-512 VNNI" if "avx512_vnni" in cpu_flags() else None)
+
+
 def _torch_dynamic(model: nn.Module, names: list[str]) -> None:
     """torch's own dynamic quantisation (fbgemm/x86 ``quantized::linear_dynamic``), per-channel int8 weights."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -150,16 +173,20 @@ def _torch_dynamic(model: nn.Module, names: list[str]) -> None:
 FP32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
 INT4_TORCHAO = 0.5 + 4 / 128  # half a byte plus a bf16 scale and zero point per group of 128
 # Chosen by measurement on CPU (docs/backends.md): the int8 weight-only CPU kernel is fast for bf16 activations only
-# (its fp32 path is 9-28x slower than not quantising), torch's dynamic int8 for fp32 only; for int4 our own Q4_0
-# kernel (llava_accel.int4) where it builds, else torchao's (bf16 only). Per (mode, device), in order of preference.
+# (its fp32 path is 9-28x slower than not quantising); for int8-dynamic and int4 our own kernels (llava_accel.int8,
+# llava_accel.int4) where they build, else torch's dynamic int8 (fp32 only) and torchao's int4 (bf16 only). Per
+# (mode, device), in order of preference.
 RECIPES: dict[tuple[str, str], tuple[Recipe, ...]] = {}
 for _recipe in [
     Recipe("int8", "cpu", "optimum-quanto", "optimum.quanto", "quantize(weights=qint8): per-channel int8 weights, "
            "aten._weight_int8pack_mm", (BF16,), _quanto_int8, 1.0),
+    Recipe("int8-dynamic", "cpu", "llava-accel", None, "per-channel int8 weights, activations rounded per row and "
+           "call to 7 bits (as fbgemm's), own AVX2 kernel (llava_accel.int8)", (FP32, BF16), _own(Int8Linear),
+           1.0 + 8 / 4096, _own_int8_steps_aside),
     Recipe("int8-dynamic", "cpu", "torch", "torch", "torch.ao.quantization.quantize_dynamic: per-channel int8 weights, "
            "activations quantised per call, fbgemm/x86 int8 GEMM", (FP32,), _torch_dynamic, 1.0),
     Recipe("int4", "cpu", "llava-accel", None, "Q4_0 layout (groups of 32, fp16 scales), own AVX2 kernel "
-           "(llava_accel.int4)", (BF16, FP32), quantize_linears, 0.5 + 2 / 32, lambda: gemv.unavailable_reason()),
+           "(llava_accel.int4)", (BF16, FP32), _own(Int4Linear), 0.5 + 2 / 32, lambda: gemv.unavailable_reason()),
     Recipe("int4", "cpu", "torchao", "torchao", "PrototypeInt4WeightOnlyConfig: group-wise int4 weights, "
            "aten._weight_int4pack_mm_for_cpu", (BF16,), _torchao(_cpu_int4_config), INT4_TORCHAO),
     Recipe("int8", "cuda", "torchao", "torchao", "Int8WeightOnlyConfig: per-channel int8 weights (fused into the "
@@ -231,8 +258,8 @@ def linear_names(model: nn.Module, include_vision: bool = False) -> list[str]:
 
 def _is_linear(module: nn.Module) -> bool:
     """nn.Linear and its quantised replacements (torch.ao's dynamic Linear is no nn.Linear; its packed weight is a
-    child module without ``in_features``; ours holds int4 buffers)."""
-    return isinstance(module, (nn.Linear, Int4Linear)) or (hasattr(module, "_packed_params") and hasattr(module, "in_features"))
+    child module without ``in_features``; ours hold int8 or int4 buffers)."""
+    return isinstance(module, (nn.Linear, *OWN_LAYERS)) or (hasattr(module, "_packed_params") and hasattr(module, "in_features"))
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -253,7 +280,8 @@ def linear_bytes(module: nn.Module) -> int:
     if hasattr(module, "_packed_params"):
         weight, bias = module._packed_params._weight_bias()
         return tensor_bytes(weight) + (0 if bias is None else tensor_bytes(bias))
-    tensors = (module.packed, module.scales) if isinstance(module, Int4Linear) else (module.weight,)
+    tensors = (module.packed, module.scales) if isinstance(module, Int4Linear) \
+        else (module.weight, module.scales, module.sums) if isinstance(module, Int8Linear) else (module.weight,)
     return sum(tensor_bytes(t) for t in (*tensors, module.bias) if t is not None)
 
 
@@ -347,7 +375,7 @@ def _group_size(module: nn.Module) -> int:
 def is_quantized(module: nn.Module) -> bool:
     """True when a Linear-like layer holds quantised weights (ours, a torchao tensor subclass or torch.ao packed
     int8)."""
-    if isinstance(module, Int4Linear) or hasattr(module, "_packed_params"):
+    if isinstance(module, OWN_LAYERS) or hasattr(module, "_packed_params"):
         return True
     weight = getattr(module, "weight", None)
     return isinstance(weight, torch.Tensor) and type(weight) not in (torch.Tensor, nn.Parameter)

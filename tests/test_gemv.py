@@ -1,6 +1,7 @@
-"""Our own few-row kernels (``llava_accel.gemv``, ``llava_accel.int4``): against torch's arithmetic on the same
-numbers, against llama.cpp's Q4_0 and Q8_0 (its ``gguf`` package) bit for bit, a row's result independent of what it
-is batched with and of the thread count, and the fallbacks when the kernels cannot build."""
+"""Our own kernels (``llava_accel.gemv``, ``llava_accel.int8``, ``llava_accel.int4``): against torch's arithmetic on
+the same numbers, against llama.cpp's Q4_0 and Q8_0 (its ``gguf`` package) bit for bit and fbgemm's dynamic int8 to
+within rounding, a row's result independent of what it is batched with and of the thread count, and the fallbacks
+when the kernels cannot build."""
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from llava_accel import gemv
 from llava_accel.int4 import Int4Linear, quantize_q4_0
+from llava_accel.int8 import Int8Linear, quantize_int8
 from llava_accel.lean.layer import module_projection
 from llava_accel.upcast import UPCAST_MIN_ROWS, cpu_gemms, own_kernel_max_rows
 
@@ -93,6 +95,48 @@ def test_q4_kernel_is_the_product_of_q8_0_inputs_and_q4_0_weights(weight, rows):
     assert _rows_independent(lambda t: gemv.q4_linear(t, layer.packed, layer.scales), x)
 
 
+def _u7(x: torch.Tensor) -> torch.Tensor:
+    """Each row of x as its 7-bit integers, less the zero point, times the scale: the numbers the int8 kernel
+    multiplies (written here from the scheme, not from the kernel)."""
+    lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
+    scale = (hi - lo) / 127
+    zero = torch.round(-lo / scale)
+    return ((torch.round(x / scale) + zero).clamp(0, 127) - zero).double() * scale.double()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, 70])  # every tile shape, and a prefill's many rows
+def test_int8_kernel_is_the_product_of_7_bit_rows_and_int8_weights(weight, rows):
+    q, scales, sums = quantize_int8(weight)
+    assert q.dtype == torch.int8 and q.abs().max() == 127 and torch.equal(sums, q.sum(1, dtype=torch.int32))
+    x = torch.randn(rows, K)
+    x[0] = x[0].abs()  # a row without negatives: zero point 0
+    exact = F.linear(_u7(x), q.double() * scales.double()[:, None])
+    got = gemv.i8_linear(x, q, scales, sums)
+    assert got.dtype == torch.float32 and got.shape == (rows, N)
+    assert torch.allclose(got.double(), exact, rtol=1e-6, atol=1e-6), (got.double() - exact).abs().max()
+    assert _rows_independent(lambda t: gemv.i8_linear(t, q, scales, sums), x)
+
+
+def test_int8_layer_matches_fbgemms_dynamic_quantisation(weight):
+    """Same scheme as torch.ao's dynamic Linear (fbgemm, reduce_range), so the same answer to within the rounding
+    of the scales (theirs: max|w| / 127.5 per row and one x scale for all rows; ours: / 127 and one per row)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    linear = nn.Linear(K, N)
+    linear.weight.data = weight
+    linear.qconfig = per_channel_dynamic_qconfig
+    theirs, ours = DynamicLinear.from_float(linear), Int8Linear.from_linear(linear)
+    x = torch.randn(2, 5, K).to(torch.bfloat16)
+    exact = linear(x.float())
+    got = ours(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (2, 5, N)
+    ours_error = ((ours(x.float()) - exact).norm() / exact.norm()).item()
+    theirs_error = ((theirs(x.float()) - exact).norm() / exact.norm()).item()
+    assert 0 < ours_error < 1.2 * theirs_error and theirs_error < 0.03, (ours_error, theirs_error)
+    assert torch.allclose(ours.dequantize(), weight, atol=weight.abs().max().item() / 254 + 1e-7)
+
+
 def test_int4_layer_runs_many_rows_on_the_dequantised_weight(weight):
     linear = nn.Linear(K, N)
     linear.weight.data = weight
@@ -139,9 +183,11 @@ def test_own_kernel_rule_follows_the_cpu():
     assert own_kernel_max_rows(native_bf16=False) == UPCAST_MIN_ROWS - 1  # torch's emulated bf16 loses at any rows
 
 
-def test_cpu_backend_with_our_int4_generates_like_its_lean_and_generate_loops(monkeypatch):
-    """The whole path on the tiny model: our Q4_0 recipe chosen, every Linear of the language model and the LM head an
-    ``Int4Linear``, the lean loop's tokens those of transformers' ``generate`` (with the same attention kernel)."""
+@pytest.mark.parametrize("mode, layer_type", [("int4", Int4Linear), ("int8-dynamic", Int8Linear)])
+def test_cpu_backend_with_our_quantised_layers_generates_like_its_lean_and_generate_loops(monkeypatch, mode,
+                                                                                         layer_type):
+    """The whole path on the tiny model: our recipe chosen, every Linear of the language model and the LM head ours,
+    the lean loop's tokens those of transformers' ``generate`` (with the same attention kernel)."""
     import llava_accel as la
     from llava_accel import quantize as q
     from llava_accel.tasks import synthetic_samples
@@ -149,11 +195,13 @@ def test_cpu_backend_with_our_int4_generates_like_its_lean_and_generate_loops(mo
     monkeypatch.setattr(gemv, "attends", lambda q, k, v, mask: False)  # generate runs torch's SDPA
     samples = synthetic_samples("synthetic-coco", 2)
     images, prompts = [s.image for s in samples], [s.prompt for s in samples]
-    lean = la.load_backend("cpu", quantize="int4", threads=2)
+    lean = la.load_backend("cpu", quantize=mode, threads=2)
     report = lean.describe()["quantization"]
     assert report["library"].startswith("llava-accel") and report["skipped_linears"] == []
-    assert report["group_sizes"] == [32] and isinstance(lean.model.lm_head, Int4Linear)
-    slow = la.load_backend("cpu", quantize="int4", threads=2, loop="generate")
+    assert report["group_sizes"] == ([32] if mode == "int4" else []) and isinstance(lean.model.lm_head, layer_type)
+    names = q.linear_names(lean.model)
+    assert names and all(isinstance(lean.model.get_submodule(n), layer_type) for n in names)
+    slow = la.load_backend("cpu", quantize=mode, threads=2, loop="generate")
     expected = [o.token_ids for o in slow.generate(images, prompts, max_new_tokens=8)]
     assert [o.token_ids for o in lean.generate(images, prompts, max_new_tokens=8)] == expected
 

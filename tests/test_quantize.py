@@ -10,11 +10,13 @@ import llava_accel as la
 from llava_accel import quantize as q
 from llava_accel.backends.cpu import CpuBackend
 from llava_accel.int4 import Int4Linear
+from llava_accel.int8 import Int8Linear
 from llava_accel.metrics.drift import drift
 
 MAX_NEW = 8
 MODES = ["int8", "int8-dynamic", "int4"]
 OWN_INT4 = q.recipe_for("int4", "cpu").package == "llava-accel"  # else torchao's, where ours cannot build
+OWN_INT8 = q.recipe_for("int8-dynamic", "cpu").package == "llava-accel"  # else torch.ao's (fbgemm)
 
 
 def _weight_is_quantized_as(mode: str, module: nn.Module) -> bool:
@@ -25,6 +27,10 @@ def _weight_is_quantized_as(mode: str, module: nn.Module) -> bool:
 
         w = module.weight
         return isinstance(module, QLinear) and isinstance(w, WeightQBytesTensor) and w._data.dtype == torch.int8
+    if mode == "int8-dynamic" and OWN_INT8:
+        return (isinstance(module, Int8Linear) and module.weight.dtype == torch.int8
+                and module.weight.shape == (module.out_features, module.in_features)
+                and module.scales.shape == module.sums.shape == (module.out_features,))
     if mode == "int8-dynamic":
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
@@ -55,8 +61,9 @@ def reference(quantized):
 
 
 def test_mode_picks_a_dtype_with_a_kernel(quantized):
-    int4 = getattr(torch, CpuBackend.default_dtype) if OWN_INT4 else torch.bfloat16  # ours runs both
-    expected = {"int8": torch.bfloat16, "int8-dynamic": torch.float32, "int4": int4}[quantized.quantize]
+    default = getattr(torch, CpuBackend.default_dtype)  # ours run both bf16 and fp32
+    int4, int8_dynamic = default if OWN_INT4 else torch.bfloat16, default if OWN_INT8 else torch.float32
+    expected = {"int8": torch.bfloat16, "int8-dynamic": int8_dynamic, "int4": int4}[quantized.quantize]
     assert quantized.dtype == expected and quantized.model.dtype == expected
 
 
@@ -74,7 +81,8 @@ def test_language_model_holds_quantized_weights_and_vision_does_not(quantized):
     assert report["quantized_linears"] == len(language) + (not skips_head)
     assert report["skipped_linears"] == (["lm_head"] if skips_head else [])
     # 1 byte (int8) or half a byte (int4) per weight, plus at most 16 bytes of scales per row (torch.ao: float64
-    # scale and int64 zero point per output channel; ours: an fp16 scale per 32 weights); a skipped LM head counts
+    # scale and int64 zero point per output channel; our int8: an fp32 scale and an int32 sum; our int4: an fp16
+    # scale per 32 weights); a skipped LM head counts
     # in full
     full = model.dtype.itemsize
     lm_head_bytes = model.lm_head.weight.numel() * full if skips_head else 0
@@ -121,8 +129,8 @@ def test_quantize_vision_covers_vision_tower_and_projector():
 
 @pytest.mark.parametrize("options, message", [
     ({"quantize": "int3"}, r"^unknown quantize mode 'int3'; use None, 'int8', 'int8-dynamic', 'int4'$"),
-    ({"quantize": "int8-dynamic", "dtype": "bfloat16"},
-     r"^quantize='int8-dynamic' on cpu has kernels for float32 only, not bfloat16; pass dtype='float32'$"),
+    ({"quantize": "int8-dynamic", "dtype": "float16"},
+     r"^quantize='int8-dynamic' on cpu has kernels for float32(, bfloat16)? only, not float16; pass dtype='float32'$"),
     ({"quantize": "int4", "dtype": "float16"},
      r"^quantize='int4' on cpu has kernels for bfloat16(, float32)? only, not float16; pass dtype='bfloat16'$"),
     ({"quantize_vision": True}, r"^quantize_vision=True needs a quantize mode"),
@@ -154,7 +162,7 @@ def test_no_kernel_on_device_and_missing_library_are_one_line(monkeypatch):
 
 
 def test_preferred_dtype_picks_one_with_a_kernel():
-    assert q.preferred_dtype("int8-dynamic", "cpu", torch.bfloat16) == torch.float32
+    assert q.preferred_dtype("int8-dynamic", "cpu", torch.float16) == torch.float32
     assert q.preferred_dtype("int4", "cuda", torch.float16) == torch.bfloat16
     assert q.preferred_dtype("int8", "cpu", torch.float32) == torch.bfloat16
     assert q.preferred_dtype("int8", "cuda", torch.float16) == torch.float16
@@ -178,12 +186,22 @@ def test_compile_backend_inherits_the_option():
     assert _weight_is_quantized_as("int4", b.model.model.language_model.layers[0].self_attn.q_proj)
 
 
-@pytest.mark.parametrize("kernel, serves", [(None, "llava-accel"), ("this CPU lacks avx2", "torchao")])
-def test_int4_recipe_is_ours_where_it_builds(monkeypatch, kernel, serves):
+@pytest.mark.parametrize("mode, kernel, serves, dtypes", [
+    ("int4", None, "llava-accel", (torch.bfloat16, torch.float32)),
+    ("int4", "this CPU lacks avx2", "torchao", (torch.bfloat16,)),
+    ("int8-dynamic", None, "llava-accel", (torch.float32, torch.bfloat16)),
+    ("int8-dynamic", "this CPU lacks avx2", "torch", (torch.float32,)),
+])
+def test_own_recipes_serve_where_our_kernels_build(monkeypatch, mode, kernel, serves, dtypes):
     monkeypatch.setattr(q.gemv, "unavailable_reason", lambda: kernel)
-    recipe = q.recipe_for("int4", "cpu")
-    assert recipe.package == serves
-    if serves == "torchao":
-        assert recipe.dtypes == (torch.bfloat16,) and q.preferred_dtype("int4", "cpu", torch.float32) == torch.bfloat16
-    else:
-        assert q.preferred_dtype("int4", "cpu", torch.float32) == torch.float32
+    monkeypatch.setattr(q, "cpu_flags", lambda: {"avx2", "fma", "f16c"})
+    recipe = q.recipe_for(mode, "cpu")
+    assert recipe.package == serves and recipe.dtypes == dtypes
+    for asked in (torch.float32, torch.bfloat16):  # a dtype without a kernel: the recipe's first
+        assert q.preferred_dtype(mode, "cpu", asked) == (asked if asked in dtypes else dtypes[0])
+
+
+def test_fbgemm_serves_int8_dynamic_where_the_cpu_has_vnni(monkeypatch):
+    monkeypatch.setattr(q.gemv, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(q, "cpu_flags", lambda: {"avx2", "fma", "f16c", "avx512f", "avx512_vnni"})
+    assert q.recipe_for("int8-dynamic", "cpu").package == "torch"
