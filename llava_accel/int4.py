@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import gemv
+from .own_linear import OwnLinear, as_bits
 from .upcast import UPCAST_MIN_ROWS
 
 GROUP = gemv.Q4_GROUP
@@ -33,26 +34,18 @@ def quantize_q4_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed.reshape(n, k // 2).contiguous(), d.reshape(n, k // GROUP).to(torch.float16)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(OwnLinear):
     """A bias-optional Linear layer holding Q4_0 weights; outputs in the input's dtype."""
 
-    group_size = GROUP
+    group_size = multiple = GROUP
+    quantize = staticmethod(quantize_q4_0)
 
     def __init__(self, packed: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = packed.shape[0], packed.shape[1] * 2
         self.register_buffer("packed", packed)
-        self.register_buffer("scales", scales)
+        self.register_buffer("scales", as_bits(scales))  # fp16, as int16 bits
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int4Linear":
-        return cls(*quantize_q4_0(linear.weight), linear.bias)
-
-    @staticmethod
-    def supports(layer: nn.Module) -> bool:
-        """Whether a Linear layer's input width splits into Q4_0 groups (others stay in full precision)."""
-        return layer.in_features % GROUP == 0
 
     def dequantize(self) -> torch.Tensor:
         """The fp32 weight these int4 values stand for."""
@@ -62,6 +55,8 @@ class Int4Linear(nn.Module):
         if x.numel() < UPCAST_MIN_ROWS * self.in_features:
             y = gemv.q4_linear(x, self.packed, self.scales)
             y = y if self.bias is None else y + self.bias.float()
+        elif self.parts:  # joined: each layer's GEMM alone, as unjoined (a GEMM's last bits depend on its width)
+            y = torch.cat([F.linear(x.float(), w) for w in self.dequantize().split(self.parts)], -1)
         else:
             y = F.linear(x.float(), self.dequantize(), None if self.bias is None else self.bias.float())
         return y.to(x.dtype)

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from . import gemv
-
-MULTIPLE = gemv.I8_MULTIPLE
+from .own_linear import OwnLinear, as_bits
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -29,29 +28,23 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return q, scales, q.sum(dim=1, dtype=torch.int32)
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(OwnLinear):
     """A bias-optional Linear layer holding int8 weights; outputs in the input's dtype."""
+
+    multiple = gemv.I8_MULTIPLE
+    quantize = staticmethod(quantize_int8)
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, sums: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight", weight)
-        self.register_buffer("scales", scales)
+        self.register_buffer("scales", as_bits(scales))  # fp32, as int32 bits
         self.register_buffer("sums", sums)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
-        return cls(*quantize_int8(linear.weight), linear.bias)
-
-    @staticmethod
-    def supports(layer: nn.Module) -> bool:
-        """Whether a Linear layer's input width suits the kernel (others stay in full precision)."""
-        return layer.in_features % MULTIPLE == 0
-
     def dequantize(self) -> torch.Tensor:
         """The fp32 weight these int8 values stand for."""
-        return self.weight.float() * self.scales[:, None]
+        return self.weight.float() * self.scales.view(torch.float32)[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = gemv.i8_linear(x, self.weight, self.scales, self.sums)

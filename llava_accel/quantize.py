@@ -27,6 +27,7 @@ from .cpuinfo import cpu_flags
 from .errors import BackendUnavailableError, install_hint
 from .int4 import Int4Linear
 from .int8 import Int8Linear
+from .own_linear import OwnLinear, store_together
 
 MODES = ("int8", "int8-dynamic", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)  # the largest one that divides a layer's input width is used (gpt-fast: 128)
@@ -142,17 +143,21 @@ def _quanto_int8(model: nn.Module, names: list[str]) -> None:
     freeze(model)
 
 
-OWN_LAYERS = (Int4Linear, Int8Linear)  # our quantised Linear layers, each run by our kernels (llava_accel.gemv)
-
-
-def _own(layer_type: type) -> Callable[[nn.Module, list[str]], None]:
-    """Replaces the named Linear layers by ``layer_type`` (one of ``OWN_LAYERS``), those whose shape it supports."""
+def _own(layer_type: type[OwnLinear]) -> Callable[[nn.Module, list[str]], None]:
+    """Replaces the named Linear layers by ``layer_type`` (ours, run by our kernels: ``llava_accel.gemv``), those whose shape it supports; the
+    layers of one parent module and input width share their buffers (``own_linear.store_together``), so that those
+    reading one input (q/k/v, gate/up) run as one call in the lean decoder."""
     def apply(model: nn.Module, names: list[str]) -> None:
+        siblings: dict[tuple[str, int], list[OwnLinear]] = {}
         for name in names:
             layer = model.get_submodule(name)
             if layer_type.supports(layer):
                 parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, child, layer_type.from_linear(layer))
+                own = layer_type.from_linear(layer)
+                setattr(model.get_submodule(parent) if parent else model, child, own)
+                siblings.setdefault((parent, own.in_features), []).append(own)
+        for layers in siblings.values():
+            store_together(layers)
     return apply
 
 
@@ -259,7 +264,7 @@ def linear_names(model: nn.Module, include_vision: bool = False) -> list[str]:
 def _is_linear(module: nn.Module) -> bool:
     """nn.Linear and its quantised replacements (torch.ao's dynamic Linear is no nn.Linear; its packed weight is a
     child module without ``in_features``; ours hold int8 or int4 buffers)."""
-    return isinstance(module, (nn.Linear, *OWN_LAYERS)) or (hasattr(module, "_packed_params") and hasattr(module, "in_features"))
+    return isinstance(module, (nn.Linear, OwnLinear)) or (hasattr(module, "_packed_params") and hasattr(module, "in_features"))
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -280,9 +285,8 @@ def linear_bytes(module: nn.Module) -> int:
     if hasattr(module, "_packed_params"):
         weight, bias = module._packed_params._weight_bias()
         return tensor_bytes(weight) + (0 if bias is None else tensor_bytes(bias))
-    tensors = (module.packed, module.scales) if isinstance(module, Int4Linear) \
-        else (module.weight, module.scales, module.sums) if isinstance(module, Int8Linear) else (module.weight,)
-    return sum(tensor_bytes(t) for t in (*tensors, module.bias) if t is not None)
+    tensors = module.tensors() if isinstance(module, OwnLinear) else (module.weight, module.bias)
+    return sum(tensor_bytes(t) for t in tensors if t is not None)
 
 
 def decode_weight_bytes(model: nn.Module) -> int:
@@ -375,7 +379,7 @@ def _group_size(module: nn.Module) -> int:
 def is_quantized(module: nn.Module) -> bool:
     """True when a Linear-like layer holds quantised weights (ours, a torchao tensor subclass or torch.ao packed
     int8)."""
-    if isinstance(module, OWN_LAYERS) or hasattr(module, "_packed_params"):
+    if isinstance(module, OwnLinear) or hasattr(module, "_packed_params"):
         return True
     weight = getattr(module, "weight", None)
     return isinstance(weight, torch.Tensor) and type(weight) not in (torch.Tensor, nn.Parameter)

@@ -37,7 +37,7 @@ def _weight_is_quantized_as(mode: str, module: nn.Module) -> bool:
         return isinstance(module, DynamicLinear) and module.weight().dtype == torch.qint8
     if OWN_INT4:
         return (isinstance(module, Int4Linear) and module.packed.numel() * 2 == module.in_features * module.out_features
-                and module.scales.dtype == torch.float16 and module.scales.numel() * 32 == module.packed.numel() * 2)
+                and module.scales.dtype == torch.int16 and module.scales.numel() * 32 == module.packed.numel() * 2)
     from torchao.prototype.quantization.int4 import Int4OpaqueTensor
 
     w = module.weight  # two int4 values per byte
