@@ -66,10 +66,14 @@ ROWS = {
                             "and call: our int8 kernel where it builds (fp32 activations where the CPU lacks bf16)"),
     "cpu-int8-dynamic-bf16": Row("cpu", {"quantize": "int8-dynamic", "dtype": "bfloat16"}, "q8_0",
                                  "the same in bf16: half the KV cache to read"),
+    "cpu-int8-dynamic-ours": Row("cpu", {"quantize": "int8-dynamic"}, "q8_0", "our int8 kernel, pinned where the CPU "
+                                 "would pick fbgemm (AVX-512 VNNI)", recipe="llava-accel"),
     "cpu-int8-dynamic-fbgemm": Row("cpu", {"quantize": "int8-dynamic"}, "q8_0", "torch.ao's dynamic int8 (fbgemm, "
                                    "fp32 activations), pinned", recipe="torch"),
     "cpu-int8": Row("cpu", {"quantize": "int8"}, "q8_0", "bf16 activations, int8 weights (quanto)"),
     "cpu-int4": Row("cpu", {"quantize": "int4"}, "q4_0", "int4 weights: our Q4_0 kernel where it builds"),
+    "cpu-int4-fp32": Row("cpu", {"quantize": "int4", "dtype": "float32"}, "q4_0", "the same with fp32 activations "
+                         "and KV cache, as on a CPU without native bf16"),
     "cpu-int4-torchao": Row("cpu", {"quantize": "int4"}, "q4_0", "torchao's int4 kernel (bf16 activations), pinned",
                             recipe="torchao"),
     "eagle-bf16": Row("eagle", {"device": "cpu", "dtype": "bfloat16", "head": "random"}, None,

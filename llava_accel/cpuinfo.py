@@ -15,13 +15,24 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def cpu_vendor(cpuinfo: str | None = None) -> str:
+    """The x86 ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``, ...); empty where it cannot be read."""
+    text = cpuinfo if cpuinfo is not None else _cpuinfo()
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), "")
+
+
 @lru_cache(maxsize=1)
-def _this_cpu() -> frozenset[str]:
+def _cpuinfo() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            return _parse(f.read())
+            return f.read()
     except OSError:
-        return frozenset()
+        return ""
+
+
+@lru_cache(maxsize=1)
+def _this_cpu() -> frozenset[str]:
+    return _parse(_cpuinfo())
 
 
 def _parse(cpuinfo: str) -> frozenset[str]:

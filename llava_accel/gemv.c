@@ -22,16 +22,26 @@
 
 #define ROWS 2 /* int4: rows of x per pass over a weight row (q4_dot2) */
 
-/* Weights are read once a call, so each load is preceded by a non-temporal prefetch AHEAD bytes further on the same
-   stream: the line goes to L1 and not into L2 and L3 on its way out, so the caches still hold what the torch ops
-   between two matmuls touch (their code and data). On a 2-core AVX2 EPYC (Zen 2), an rms_norm after a 134 MB int8
-   GEMV took 165 us without it and 50 us with it (23 us warm), and the GEMV itself ran no slower (36 -> 39 GB/s);
-   128-384 bytes ahead measured alike, 1024 and more slower. */
+/* Weights are read once a call, so each load is preceded by a software prefetch AHEAD bytes further on the same
+   stream, with the hint set at load (set_prefetch; gemv.py picks it per CPU vendor). Non-temporal (0): the line goes
+   to L1 and not into L2 and L3 on its way out, so the caches still hold what the torch ops between two matmuls touch
+   (their code and data): on a 2-core AVX2 EPYC (Zen 2), an rms_norm after a 134 MB int8 GEMV took 165 us without it
+   and 50 us with it (23 us warm), and the GEMV itself ran no slower (36 -> 39 GB/s); 128-384 bytes ahead measured
+   alike, 1024 and more slower. On a 2-core Xeon with AVX-512 the same hint slowed the int8 GEMV from 25.1 GB/s (no
+   prefetch) to 16.9, where a prefetch to every level (1) ran at 26.0; 2: no prefetch. */
 #define AHEAD 256
-static inline void ahead(const void *p) { _mm_prefetch((const char *)p + AHEAD, _MM_HINT_NTA); }
+static int hint = 0;
+void set_prefetch(int h) { hint = h; }
+static inline void fetch(const char *p) {
+    if (hint == 0)
+        _mm_prefetch(p, _MM_HINT_NTA);
+    else if (hint == 1)
+        _mm_prefetch(p, _MM_HINT_T0);
+}
+static inline void ahead(const void *p) { fetch((const char *)p + AHEAD); }
 /* the same for the whole row of `bytes` (a cached key or value) `rows` rows on */
 static inline void ahead_rows(const void *p, int64_t bytes, int64_t rows) {
-    for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch((const char *)p + rows * bytes + b, _MM_HINT_NTA);
+    for (int64_t b = 0; b < bytes; b += 64) fetch((const char *)p + rows * bytes + b);
 }
 
 static inline float hsum(__m256 v) {

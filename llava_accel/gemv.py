@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .cpuinfo import cpu_flags
+from .cpuinfo import cpu_flags, cpu_vendor
+from .errors import OptionError
 from .metrics.mfu import cache_dir
 
 SOURCE = Path(__file__).with_name("gemv.c")
@@ -40,6 +41,10 @@ NEEDS = ("avx2", "fma", "f16c")
 NATIVE_FLAGS, NATIVE_NEEDS = ["-mavx512f", "-mavx512vl", "-mavx512bf16"], ("avx512f", "avx512vl", "avx512_bf16")
 BF16_MULTIPLE, I8_MULTIPLE, Q4_GROUP = 32, 32, 32  # the input width must be a multiple of these
 ENV = "LLAVA_ACCEL_GEMV"
+# the kernels' prefetch of the weights (gemv.c): non-temporal where it measured faster (AMD Zen 2: the GEMV as fast,
+# torch's ops after it 3x faster), to every cache level where it did not (a Xeon with AVX-512: the int8 GEMV at
+# 16.9 GB/s non-temporal, 26.0 so); LLAVA_ACCEL_PREFETCH overrides (docs/backends.md)
+PREFETCH_ENV, PREFETCH_HINTS = "LLAVA_ACCEL_PREFETCH", ("nta", "t0", "off")
 ATTEND_MAX_QUERIES = 64  # more (a prefill): torch's SDPA, whose blocked kernel is faster there
 _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
@@ -83,6 +88,8 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"building gemv.c failed: {e}"
+    lib.set_prefetch.argtypes, lib.set_prefetch.restype = [_int], None
+    lib.set_prefetch(PREFETCH_HINTS.index(prefetch_hint()))
     lib.gemv_bf16.argtypes = [_p, _p, _p, _i64, _i64, _i64, _int]
     lib.gemv_q4.argtypes = [_p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.q4_dequantize.argtypes = [_p, _p, _p, _i64, _i64, _int]
@@ -96,6 +103,17 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     for function in functions:
         function.restype = None
     return lib, str(path)
+
+
+def prefetch_hint() -> str:
+    """How the kernels prefetch the weights they stream: ``LLAVA_ACCEL_PREFETCH`` if set, else by CPU vendor."""
+    asked = os.environ.get(PREFETCH_ENV)
+    if asked is None:
+        return "nta" if cpu_vendor() == "AuthenticAMD" else "t0"
+    if asked not in PREFETCH_HINTS:
+        raise OptionError(f"{PREFETCH_ENV}={asked!r} is not one of {', '.join(PREFETCH_HINTS)}; unset it for this "
+                          "CPU's default")
+    return asked
 
 
 def native_bf16() -> bool:
@@ -115,7 +133,8 @@ def describe() -> str:
     lib, where = _library()
     if lib is None:
         return f"torch's kernels ({where})"
-    return f"our {'AVX-512 BF16 and ' if native_bf16() else ''}AVX2 kernels ({Path(where).name})"
+    return (f"our {'AVX-512 BF16 and ' if native_bf16() else ''}AVX2 kernels ({Path(where).name}, prefetch "
+            f"{prefetch_hint()})")
 
 
 def _rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:

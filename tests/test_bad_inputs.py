@@ -335,3 +335,11 @@ def test_img_size_limits_come_from_the_context():
     assert low == config.vision_config.patch_size
     ctx = config.text_config.max_position_embeddings
     assert image_tokens(config, high) < ctx <= image_tokens(config, high + 1)
+
+
+def test_nonsense_prefetch_setting_is_refused_before_the_model_loads(files, capsys, monkeypatch):
+    monkeypatch.setenv("LLAVA_ACCEL_PREFETCH", "sometimes")
+    monkeypatch.setattr("llava_accel.backends.base.load_model", _no_model)
+    assert main(_argv(GEN, files)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "LLAVA_ACCEL_PREFETCH='sometimes' is not one of nta, t0, off" in err, err

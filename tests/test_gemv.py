@@ -177,6 +177,32 @@ def test_unavailable_kernels_say_why_and_leave_torchs(monkeypatch, weight):
     assert gemv.unavailable_reason() is None
 
 
+def test_prefetch_hint_follows_the_vendor_changes_no_bits_and_refuses_nonsense(monkeypatch, weight):
+    from llava_accel import cpuinfo
+
+    q, scales, sums = quantize_int8(weight)
+    packed, q4_scales = quantize_q4_0(weight)
+    x = torch.randn(3, K)
+    results = []
+    try:
+        for vendor, default in [("AuthenticAMD", "nta"), ("GenuineIntel", "t0"), ("", "t0")]:
+            monkeypatch.setattr(gemv, "cpu_vendor", lambda vendor=vendor: vendor)
+            assert gemv.prefetch_hint() == default
+        for hint in gemv.PREFETCH_HINTS:  # the hint moves data earlier or not, never changes a result
+            monkeypatch.setenv(gemv.PREFETCH_ENV, hint)
+            gemv._library.cache_clear()
+            assert gemv.describe().endswith(f"prefetch {hint})")
+            results.append((gemv.i8_linear(x, q, scales, sums), gemv.q4_linear(x, packed, q4_scales)))
+        assert all(torch.equal(a, b) for other in results[1:] for a, b in zip(results[0], other))
+        monkeypatch.setenv(gemv.PREFETCH_ENV, "always")
+        with pytest.raises(gemv.OptionError, match="LLAVA_ACCEL_PREFETCH='always' is not one of nta, t0, off"):
+            gemv.prefetch_hint()
+    finally:
+        monkeypatch.delenv(gemv.PREFETCH_ENV, raising=False)
+        gemv._library.cache_clear()
+    assert cpuinfo.cpu_vendor("vendor_id\t: AuthenticAMD\nflags\t: avx2\n") == "AuthenticAMD"
+
+
 def test_own_kernel_rule_follows_the_cpu():
     # torch's native bf16 GEMM wins from 3-4 rows against our AVX2 kernel, not up to 16 against our AVX-512 BF16 one
     assert own_kernel_max_rows(native_bf16=True) == (16 if gemv.native_bf16() else 2)
@@ -186,13 +212,15 @@ def test_own_kernel_rule_follows_the_cpu():
 @pytest.mark.parametrize("mode, layer_type", [("int4", Int4Linear), ("int8-dynamic", Int8Linear)])
 def test_cpu_backend_with_our_quantised_layers_generates_like_its_lean_and_generate_loops(monkeypatch, mode,
                                                                                          layer_type):
-    """The whole path on the tiny model: our recipe chosen, every Linear of the language model and the LM head ours,
+    """The whole path on the tiny model: our recipe, every Linear of the language model and the LM head ours,
     the lean loop's tokens those of transformers' ``generate`` (with the same attention kernel)."""
     import llava_accel as la
     from llava_accel import quantize as q
     from llava_accel.tasks import synthetic_samples
 
     monkeypatch.setattr(gemv, "attends", lambda q, k, v, mask: False)  # generate runs torch's SDPA
+    ours = tuple(r for r in q.RECIPES[(mode, "cpu")] if r.package == "llava-accel")
+    monkeypatch.setitem(q.RECIPES, (mode, "cpu"), ours)  # ours, also where the CPU would pick fbgemm (AVX-512 VNNI)
     samples = synthetic_samples("synthetic-coco", 2)
     images, prompts = [s.image for s in samples], [s.prompt for s in samples]
     lean = la.load_backend("cpu", quantize=mode, threads=2)

@@ -9,7 +9,7 @@ from llava_accel import gemv
 from llava_accel.int4 import Int4Linear
 from llava_accel.int8 import Int8Linear
 from llava_accel.lean.layer import layer_weights
-from llava_accel.own_linear import store_together
+from llava_accel.own_linear import QUANTIZE_ROWS, as_bits, store_together
 
 pytestmark = pytest.mark.skipif(gemv.unavailable_reason() is not None,
                                 reason=f"our kernels do not run here: {gemv.unavailable_reason()}")
@@ -35,6 +35,13 @@ def test_joined_layer_gives_each_layers_bits(cls, rows):
         joined.weight.data_ptr() == layers[0].weight.data_ptr()  # a view: no copy
     assert torch.equal(joined(x), torch.cat(alone[:3], -1))
     assert cls.join(layers[1:]) is not None and cls.join([layers[0], layers[2]]) is None  # not adjacent
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_quantised_a_few_rows_at_a_time_as_whole(cls):
+    linear = nn.Linear(64, QUANTIZE_ROWS * 2 + 5, bias=False)  # two whole chunks and a part
+    whole, chunked = cls.quantize(linear.weight), cls.from_linear(linear)
+    assert [torch.equal(as_bits(a), b) for a, b in zip(whole, chunked.tensors())] == [True] * len(whole)
 
 
 @pytest.mark.parametrize("cls", LAYERS)

@@ -83,6 +83,7 @@ class CpuBackend(EagerBackend):
         if loop not in (None, *LOOPS):
             raise OptionError(f"unknown loop '{loop}'; use one of {', '.join(LOOPS)}")
         checks.optional(checks.positive_int, threads, "threads")
+        gemv.prefetch_hint()  # a nonsense LLAVA_ACCEL_PREFETCH is refused here, before the model loads
         self.threads = threads or local_share(default_threads())  # shared with data-parallel peers
         torch.set_num_threads(self.threads)
         self.dtype_reason = "asked"
