@@ -32,6 +32,7 @@
 #define AHEAD 256
 static int hint = 0;
 void set_prefetch(int h) { hint = h; }
+int get_prefetch(void) { return hint; }
 static inline void fetch(const char *p) {
     if (hint == 0)
         _mm_prefetch(p, _MM_HINT_NTA);

@@ -90,6 +90,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         return None, f"building gemv.c failed: {e}"
     lib.set_prefetch.argtypes, lib.set_prefetch.restype = [_int], None
     lib.set_prefetch(PREFETCH_HINTS.index(prefetch_hint()))
+    lib.get_prefetch.argtypes, lib.get_prefetch.restype = [], _int
     lib.gemv_bf16.argtypes = [_p, _p, _p, _i64, _i64, _i64, _int]
     lib.gemv_q4.argtypes = [_p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.q4_dequantize.argtypes = [_p, _p, _p, _i64, _i64, _int]
@@ -129,12 +130,13 @@ def unavailable_reason() -> str | None:
 
 
 def describe() -> str:
-    """Which kernels run matmuls of bf16, int8 and int4 weights here, in words."""
+    """Which kernels run matmuls of bf16, int8 and int4 weights here, in words; the prefetch hint as the library
+    holds it, which a later change of the environment does not touch."""
     lib, where = _library()
     if lib is None:
         return f"torch's kernels ({where})"
     return (f"our {'AVX-512 BF16 and ' if native_bf16() else ''}AVX2 kernels ({Path(where).name}, prefetch "
-            f"{prefetch_hint()})")
+            f"{PREFETCH_HINTS[lib.get_prefetch()]})")
 
 
 def _rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:

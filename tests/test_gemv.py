@@ -192,6 +192,8 @@ def test_prefetch_hint_follows_the_vendor_changes_no_bits_and_refuses_nonsense(m
             monkeypatch.setenv(gemv.PREFETCH_ENV, hint)
             gemv._library.cache_clear()
             assert gemv.describe().endswith(f"prefetch {hint})")
+            monkeypatch.setenv(gemv.PREFETCH_ENV, "off" if hint != "off" else "nta")  # after the build: no effect
+            assert gemv.describe().endswith(f"prefetch {hint})")
             results.append((gemv.i8_linear(x, q, scales, sums), gemv.q4_linear(x, packed, q4_scales)))
         assert all(torch.equal(a, b) for other in results[1:] for a, b in zip(results[0], other))
         monkeypatch.setenv(gemv.PREFETCH_ENV, "always")
