@@ -66,8 +66,6 @@ ROWS = {
                             "and call: our int8 kernel where it builds (fp32 activations where the CPU lacks bf16)"),
     "cpu-int8-dynamic-bf16": Row("cpu", {"quantize": "int8-dynamic", "dtype": "bfloat16"}, "q8_0",
                                  "the same in bf16: half the KV cache to read"),
-    "cpu-int8-dynamic-ours": Row("cpu", {"quantize": "int8-dynamic"}, "q8_0", "our int8 kernel, pinned where the CPU "
-                                 "would pick fbgemm (AVX-512 VNNI)", recipe="llava-accel"),
     "cpu-int8-dynamic-fbgemm": Row("cpu", {"quantize": "int8-dynamic"}, "q8_0", "torch.ao's dynamic int8 (fbgemm, "
                                    "fp32 activations), pinned", recipe="torch"),
     "cpu-int8": Row("cpu", {"quantize": "int8"}, "q8_0", "bf16 activations, int8 weights (quanto)"),

@@ -244,15 +244,29 @@ static void quantize_u7(const float *x, uint8_t *q, float *scale, int32_t *zero,
     }
 }
 
-/* the integer dot products of a column range, then y = scale_x * scale_w * (q_x . q_w - z_x * sum(q_w)) */
-static void *i8_scaled_job(void *arg) {
-    const Job *t = arg;
-    i8_job(arg);
+/* y = scale_x * scale_w * (q_x . q_w - z_x * sum(q_w)) over a column range, the dot products given as floats */
+static void i8_scale(const Job *t, const float *dots) {
     for (int64_t i = 0; i < t->m; i++)
         for (int64_t j = t->j0; j < t->j1; j++) {
             float *y = t->y + i * t->n + j;
-            *y = (float)((double)t->dx[i] * t->ws[j] * ((double)*y - (double)t->xc[i] * t->wsum[j]));
+            *y = (float)((double)t->dx[i] * t->ws[j] * ((double)dots[i * t->n + j] - (double)t->xc[i] * t->wsum[j]));
         }
+}
+
+/* the integer dot products of a column range, then their scaling */
+static void *i8_scaled_job(void *arg) {
+    const Job *t = arg;
+    i8_job(arg);
+    i8_scale(t, t->y);
+    return 0;
+}
+
+/* the scaling alone, of int32 dot products made elsewhere (t->x) */
+static void *i8_scale_job(void *arg) {
+    const Job *t = arg;
+    for (int64_t i = 0; i < t->m; i++)
+        for (int64_t j = t->j0; j < t->j1; j++) t->y[i * t->n + j] = (float)((const int32_t *)t->x)[i * t->n + j];
+    i8_scale(t, t->y);
     return 0;
 }
 
@@ -381,6 +395,17 @@ void gemm_i8(const int8_t *w, const float *ws, const int32_t *wsum, const float 
     quantize_u7(x, xq, dx, xz, m, k);
     run(i8_scaled_job, (Job){.w = w, .ws = ws, .wsum = wsum, .x = xq, .dx = dx, .xc = xz, .y = y, .m = m, .n = n,
                              .k = k}, threads);
+}
+
+/* gemm_i8 in two halves, for many rows whose integer GEMM runs elsewhere (oneDNN's, on AMX or VNNI) between them:
+   x rounded as gemm_i8 rounds it; then y from the int32 products q_x . q_w (m x n), the same bits as gemm_i8's */
+void quantize_i8_rows(const float *x, uint8_t *xq, float *dx, int32_t *xz, int64_t m, int64_t k) {
+    quantize_u7(x, xq, dx, xz, m, k);
+}
+
+void scale_i8(const int32_t *dots, const float *ws, const int32_t *wsum, const float *dx, const int32_t *xz, float *y,
+              int64_t m, int64_t n, int threads) {
+    run(i8_scale_job, (Job){.ws = ws, .wsum = wsum, .x = dots, .dx = dx, .xc = xz, .y = y, .m = m, .n = n}, threads);
 }
 
 #ifdef __AVX512BF16__

@@ -8,8 +8,9 @@ layout, a mask and a subtract), the output columns split over the cores with Ope
 library links ``libgomp.so.1`` by name, which resolves to the copy torch has loaded); they read the weights
 once for a few input rows (decode steps, a speculative tree); from ``upcast.UPCAST_MIN_ROWS`` rows a GEMM on the fp32
 weight is faster. The int8 kernel (``llava_accel.int8``) sums exact integer products of 7-bit inputs and int8
-weights; at a prefill's 780 rows it takes 1.14-1.22x fbgemm's time, less than the fp32 GEMM's, so it serves every row
-count. Where the CPU has AVX-512 BF16, bf16 inputs meet the bf16 weights in its dot-product instruction instead (``native_bf16()``; ``LLAVA_ACCEL_GEMV=avx2`` keeps the AVX2 path).
+weights; on AVX2 it serves every row count (a prefill's 780 rows in 1.14-1.22x fbgemm's time); where the CPU has
+AVX-512 VNNI or AMX, torch's int8 GEMM (oneDNN) sums the same integer products from ``I8_GEMM_MIN_ROWS`` rows on (780
+rows of the 7B's MLP on a 2-core Xeon: 144 ms against our 499). Where the CPU has AVX-512 BF16, bf16 inputs meet the bf16 weights in its dot-product instruction instead (``native_bf16()``; ``LLAVA_ACCEL_GEMV=avx2`` keeps the AVX2 path).
 
 Built with the system C compiler (``$CC``, else ``cc``) into ``~/.cache/llava_accel/kernels/`` under a name keyed by
 the source, the flags and the compiler, the first time they are needed (about a second). Where the CPU lacks AVX2,
@@ -45,6 +46,7 @@ ENV = "LLAVA_ACCEL_GEMV"
 # torch's ops after it 3x faster), to every cache level where it did not (a Xeon with AVX-512: the int8 GEMV at
 # 16.9 GB/s non-temporal, 26.0 so); LLAVA_ACCEL_PREFETCH overrides (docs/backends.md)
 PREFETCH_ENV, PREFETCH_HINTS = "LLAVA_ACCEL_PREFETCH", ("nta", "t0", "off")
+I8_GEMM_MIN_ROWS = 32  # from here, where onednn_int8(): torch's int8 GEMM between our rounding and our scaling
 ATTEND_MAX_QUERIES = 64  # more (a prefill): torch's SDPA, whose blocked kernel is faster there
 _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
@@ -95,9 +97,12 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.gemv_q4.argtypes = [_p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.q4_dequantize.argtypes = [_p, _p, _p, _i64, _i64, _int]
     lib.gemm_i8.argtypes = [_p, _p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
+    lib.quantize_i8_rows.argtypes = [_p, _p, _p, _p, _i64, _i64]
+    lib.scale_i8.argtypes = [_p, _p, _p, _p, _p, _p, _i64, _i64, _int]
     lib.attend.argtypes = [_p, _p, _p, _int, _i64, _i64, _p, _p, _p, _i64, _i64, _i64, _i64, _i64, ctypes.c_float,
                            _int]
-    functions = [lib.gemv_bf16, lib.gemv_q4, lib.q4_dequantize, lib.gemm_i8, lib.attend]
+    functions = [lib.gemv_bf16, lib.gemv_q4, lib.q4_dequantize, lib.gemm_i8, lib.quantize_i8_rows, lib.scale_i8,
+                 lib.attend]
     if hasattr(lib, "gemv_bf16_native"):
         lib.gemv_bf16_native.argtypes = [_p, _p, _p, _i64, _i64, _i64, _int]
         functions.append(lib.gemv_bf16_native)
@@ -178,9 +183,22 @@ def i8_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, sums:
     x32, m = _rows(x, k)
     y = torch.empty(m, n, dtype=torch.float32)
     xq, dx, xz = torch.empty(m, k, dtype=torch.uint8), torch.empty(m), torch.empty(m, dtype=torch.int32)
-    _library()[0].gemm_i8(weight.data_ptr(), scales.data_ptr(), sums.data_ptr(), x32.data_ptr(), xq.data_ptr(),
-                          dx.data_ptr(), xz.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads())
+    lib, threads = _library()[0], torch.get_num_threads()
+    if m >= I8_GEMM_MIN_ROWS and onednn_int8():
+        lib.quantize_i8_rows(x32.data_ptr(), xq.data_ptr(), dx.data_ptr(), xz.data_ptr(), m, k)
+        dots = torch._int_mm(xq.view(torch.int8), weight.t())  # 0..127 are the same bytes as int8; exact int32 sums
+        lib.scale_i8(dots.data_ptr(), scales.data_ptr(), sums.data_ptr(), dx.data_ptr(), xz.data_ptr(), y.data_ptr(),
+                     m, n, threads)
+    else:
+        lib.gemm_i8(weight.data_ptr(), scales.data_ptr(), sums.data_ptr(), x32.data_ptr(), xq.data_ptr(),
+                    dx.data_ptr(), xz.data_ptr(), y.data_ptr(), m, n, k, threads)
     return y.view(*x.shape[:-1], n)
+
+
+def onednn_int8() -> bool:
+    """Whether torch's int8 GEMM (oneDNN) has the CPU's int8 dot products (AVX-512 VNNI, AMX) to run on; there it
+    is faster than ours from ``I8_GEMM_MIN_ROWS`` rows (a prefill), on the same integers."""
+    return any(f in cpu_flags() for f in ("avx512_vnni", "amx_int8")) and os.environ.get(ENV) != "avx2"
 
 
 def q4_dequantize(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

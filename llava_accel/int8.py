@@ -6,8 +6,9 @@ q8_0, and it holds them packed in its own format, which only its kernel reads (d
 fbgemm's, so the same numbers to within rounding: per output row, a symmetric int8 weight ``q = round(w / s)`` with
 ``s = max|w| / 127``; per input row and call, x rounded to 7-bit unsigned integers with a zero point (fbgemm's
 ``reduce_range``: it keeps AVX2's byte products from saturating). The products and their sums are exact integer
-arithmetic, so a row's output is the same bits whatever it is batched with, and one kernel serves a decode step
-(at the bandwidth floor) and a prefill (a 780-row GEMM in 1.14-1.22x fbgemm's time) alike.
+arithmetic, so a row's output is the same bits whatever it is batched with and whichever GEMM summed it: our kernel
+for a decode step (at the bandwidth floor), and for a prefill either ours (AVX2: a 780-row GEMM in 1.14-1.22x
+fbgemm's time) or, on AVX-512 VNNI or AMX, torch's int8 GEMM between our rounding and our scaling (``gemv.i8_linear``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from . import gemv
-from .cpuinfo import cpu_flags
 from .errors import BackendUnavailableError, install_hint
 from .int4 import Int4Linear
 from .int8 import Int8Linear
@@ -161,13 +160,6 @@ def _own(layer_type: type[OwnLinear]) -> Callable[[nn.Module, list[str]], None]:
     return apply
 
 
-def _own_int8_steps_aside() -> str | None:
-    """Why our int8 kernel does not serve ``int8-dynamic`` here: it cannot build, or the CPU has AVX-512 VNNI, whose
-    4-way byte dot products fbgemm uses (a 780-row prefill at 2.7x the fp32 matmul peak, and the decode at 1.04x its
-    floor on the AVX-512 EPYC; ours, AVX2 only, multiplies in two steps)."""
-    return gemv.unavailable_reason() or ("fbgemm uses this CPU's AVX-512 VNNI" if "avx512_vnni" in cpu_flags() else None)
-
-
 def _torch_dynamic(model: nn.Module, names: list[str]) -> None:
     """torch's own dynamic quantisation (fbgemm/x86 ``quantized::linear_dynamic``), per-channel int8 weights."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -187,7 +179,7 @@ for _recipe in [
            "aten._weight_int8pack_mm", (BF16,), _quanto_int8, 1.0),
     Recipe("int8-dynamic", "cpu", "llava-accel", None, "per-channel int8 weights, activations rounded per row and "
            "call to 7 bits (as fbgemm's), own AVX2 kernel (llava_accel.int8)", (FP32, BF16), _own(Int8Linear),
-           1.0 + 8 / 4096, _own_int8_steps_aside),
+           1.0 + 8 / 4096, lambda: gemv.unavailable_reason()),
     Recipe("int8-dynamic", "cpu", "torch", "torch", "torch.ao.quantization.quantize_dynamic: per-channel int8 weights, "
            "activations quantised per call, fbgemm/x86 int8 GEMM", (FP32,), _torch_dynamic, 1.0),
     Recipe("int4", "cpu", "llava-accel", None, "Q4_0 layout (groups of 32, fp16 scales), own AVX2 kernel "
@@ -361,12 +353,27 @@ class BlockQuantizer:
             release_heap()
 
 
+M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 4 * 2**20  # glibc's mallopt parameter, and the size we set it to
+
+
 def release_heap() -> None:
     """Hand the C heap's free memory back to the system (glibc's ``malloc_trim``; nothing elsewhere): quantising
     frees many mid-sized buffers that glibc would otherwise keep, and the peak RSS of a 7B made block by block grew
     by them."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def mmap_large_buffers(threshold: int = MMAP_THRESHOLD) -> None:
+    """Give every C buffer of ``threshold`` bytes or more a mapping of its own, unmapped when freed (glibc's
+    ``M_MMAP_THRESHOLD``; nothing elsewhere). Left to itself, glibc raises that threshold to the size of each mapped
+    buffer freed (up to 32 MiB), after which a prefill's per-layer tensors (the 7B's prompt keys and values, 12.8 MB
+    each in fp32) come from the heap and fragment it: the 7B's int4 fp32 prefill peaked at 7.20 GiB so, 6.79 with a
+    fixed 4 MiB threshold. Process-wide, set when a CPU backend loads."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold)
     except (OSError, AttributeError):
         pass
 

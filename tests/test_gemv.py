@@ -117,6 +117,18 @@ def test_int8_kernel_is_the_product_of_7_bit_rows_and_int8_weights(weight, rows)
     assert _rows_independent(lambda t: gemv.i8_linear(t, q, scales, sums), x)
 
 
+def test_int8_many_rows_through_torchs_int8_gemm_are_the_same_bits(monkeypatch, weight):
+    """From I8_GEMM_MIN_ROWS rows on a VNNI/AMX CPU, torch's int8 GEMM sums the products between our rounding and our
+    scaling: exact integers, so nothing a user can see changes but the time (forced here on any CPU)."""
+    q, scales, sums = quantize_int8(weight)
+    x = torch.randn(gemv.I8_GEMM_MIN_ROWS + 3, K)
+    monkeypatch.setattr(gemv, "onednn_int8", lambda: False)
+    ours = gemv.i8_linear(x, q, scales, sums)
+    monkeypatch.setattr(gemv, "onednn_int8", lambda: True)
+    assert torch.equal(gemv.i8_linear(x, q, scales, sums), ours)
+    assert torch.equal(gemv.i8_linear(x[:2], q, scales, sums), ours[:2])  # fewer rows: our kernel, the same bits
+
+
 def test_int8_layer_matches_fbgemms_dynamic_quantisation(weight):
     """Same scheme as torch.ao's dynamic Linear (fbgemm, reduce_range), so the same answer to within the rounding
     of the scales (theirs: max|w| / 127.5 per row and one x scale for all rows; ours: / 127 and one per row)."""

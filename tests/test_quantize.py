@@ -2,6 +2,9 @@
 bytes, so a silent no-op cannot pass), stays close to the unquantised logits without equalling them, and an
 unsupported combination fails at load time with one line, before any model is loaded."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -194,14 +197,36 @@ def test_compile_backend_inherits_the_option():
 ])
 def test_own_recipes_serve_where_our_kernels_build(monkeypatch, mode, kernel, serves, dtypes):
     monkeypatch.setattr(q.gemv, "unavailable_reason", lambda: kernel)
-    monkeypatch.setattr(q, "cpu_flags", lambda: {"avx2", "fma", "f16c"})
     recipe = q.recipe_for(mode, "cpu")
     assert recipe.package == serves and recipe.dtypes == dtypes
     for asked in (torch.float32, torch.bfloat16):  # a dtype without a kernel: the recipe's first
         assert q.preferred_dtype(mode, "cpu", asked) == (asked if asked in dtypes else dtypes[0])
 
 
-def test_fbgemm_serves_int8_dynamic_where_the_cpu_has_vnni(monkeypatch):
-    monkeypatch.setattr(q.gemv, "unavailable_reason", lambda: None)
-    monkeypatch.setattr(q, "cpu_flags", lambda: {"avx2", "fma", "f16c", "avx512f", "avx512_vnni"})
-    assert q.recipe_for("int8-dynamic", "cpu").package == "torch"
+
+
+MAPPED = """
+import ctypes, sys, torch
+from llava_accel import quantize as q
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+if not hasattr(libc, "mallinfo2"):
+    sys.exit(3)
+libc.mallinfo2.restype = MallInfo2
+q.mmap_large_buffers(int(sys.argv[1]))
+before = libc.mallinfo2().hblks
+x = torch.empty(6 * 2**20, dtype=torch.uint8)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.parametrize("threshold, mapped", [(64 * 2**20, 0), (q.MMAP_THRESHOLD, 1)])
+def test_large_buffers_get_mappings_of_their_own(threshold, mapped):
+    """mmap_large_buffers moves glibc's threshold: on a fresh heap, a 6 MiB tensor is mapped (and so unmapped when
+    freed) below it, taken from the heap above it. A process of its own: a heap with free room serves it anyway."""
+    done = subprocess.run([sys.executable, "-c", MAPPED, str(threshold)], capture_output=True, text=True, timeout=120)
+    if done.returncode == 3:
+        pytest.skip("this C library has no mallinfo2 (glibc >= 2.33) to count mapped buffers")
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == mapped

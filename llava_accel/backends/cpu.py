@@ -15,6 +15,7 @@ from ..cpuinfo import cpu_has_native_bf16
 from ..distributed import local_share
 from ..errors import BackendUnavailableError, OptionError
 from ..lean.greedy import GreedyDecoder, unsupported_reason
+from ..quantize import mmap_large_buffers
 from ..upcast import LOW_PRECISION, OWN_MIN_ELEMENTS, UPCAST_MIN_ROWS, cpu_gemms, own_kernel_max_rows
 from .base import default_threads
 from .eager import EagerBackend
@@ -89,6 +90,7 @@ class CpuBackend(EagerBackend):
         self.dtype_reason = "asked"
         if dtype is None and not options.get("quantize"):  # a quantize mode picks the dtype its kernels need
             dtype, self.dtype_reason = cpu_dtype(model)
+        mmap_large_buffers()  # before the model's buffers: they and a prefill's then return to the system when freed
         super().__init__(model, "cpu", dtype, attention, **options)
         self.upcast, self.gemv = cpu_linears(self, upcast)
         self.loop_reason = unsupported_reason(self.model)  # why the lean loop cannot run this model, if it cannot
