@@ -4,8 +4,11 @@ import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from llava_accel.backends.base import resolve_dtype
 from llava_accel.cli import main
 from llava_accel.demo import DEMO_TASKS, DemoRow, demo_backends, format_rows, run_demo
+from llava_accel.quantize import preferred_dtype
+from llava_accel.registry import backend_class
 
 
 def test_demo_measures_each_backend_on_each_task_and_writes_json(tmp_path):
@@ -32,7 +35,9 @@ def test_a_quantised_row_is_labelled_and_compared_with_the_reference(tmp_path):
     rows, out = run_demo(tasks=["synthetic-coco"], limit=2, batch_size=2, out_dir=tmp_path, backends=backends,
                          log=lambda _: None)
     assert [r.backend for r in rows] == ["cpu", "cpu+int8-dynamic"]
-    assert rows[1].dtype == "float32" and rows[1].agreement is not None and rows[1].reference == "cpu"
+    picked = preferred_dtype("int8-dynamic", "cpu", resolve_dtype(backend_class("cpu").default_dtype))
+    assert rows[1].dtype == str(picked).removeprefix("torch.")  # the mode's dtype for the cpu backend's default
+    assert rows[1].agreement is not None and rows[1].reference == "cpu"
     saved = json.loads((out / "cpu+int8-dynamic-synthetic-coco.json").read_text())
     assert saved["config"]["backend"]["quantize"] == "int8-dynamic"
     assert saved["config"]["backend"]["quantization"]["quantized_linears"] > 0  # really quantised
