@@ -194,6 +194,70 @@ static void quantize_q8(const float *x, int8_t *q, float *d, int32_t *xc, int64_
 Q4_DOT(1)
 Q4_DOT(2)
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* AVX-512 VNNI: 16 groups a step, two (64 weights) an instruction: their nibbles widened to 64 unsigned bytes in
+   element order, times 64 int8 inputs by vpdpbusd (four exact products a lane; lanes 0-7 group g, 8-15 group g + 1),
+   the int32 sums scaled per group into fp32. The nibbles' offset of 8 is taken once a row: sum_g d_g dx_g xc_g, made
+   16 groups at a time beside. Two rows of x share each weight load as in q4_dot2, each row's operations the same in
+   both shapes. About 2.5x fewer instructions a weight than the AVX2 loop, which is bound by them (2 cores). */
+#define AHEAD_Q4 1024 /* 2-core Xeon, 7B-shaped layers: 14 GB/s at AHEAD (256) bytes ahead, 18-20 at 512-2048 */
+static inline __m512i q4x64_u8(const uint8_t *p) {
+    __m256i b = _mm256_loadu_si256((const __m256i *)p);
+    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(b), _mm256_srli_epi16(b, 4), 1);
+    z = _mm512_and_si512(z, _mm512_set1_epi8(0x0F)); /* 128-bit lanes: lows of g, g + 1, highs of g, g + 1 */
+    return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+#define Q4_DOT_VNNI(R)                                                                               \
+    static inline void q4_dot_vnni##R(const uint8_t *w, const uint16_t *s, const int8_t *x, const float *dx, \
+                                      const int32_t *xc, int64_t k, float *out) {                    \
+        int64_t groups = k / 32, g = 0;                                                              \
+        const __m512i pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);       \
+        __m512 a[R][2], c[R];                                                                        \
+        __m256 t[R];                                                                                 \
+        for (int r = 0; r < R; r++) a[r][0] = a[r][1] = c[r] = _mm512_setzero_ps(), t[r] = _mm256_setzero_ps(); \
+        for (; g + 16 <= groups; g += 16) {                                                          \
+            for (int b = 0; b < 256; b += 64) fetch((const char *)(w + 16 * g + b) + AHEAD_Q4);      \
+            ahead(s + g);                                                                            \
+            __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + g))), dd[R];         \
+            for (int r = 0; r < R; r++) {                                                            \
+                dd[r] = _mm512_mul_ps(d, _mm512_loadu_ps(dx + r * groups + g));                      \
+                c[r] = _mm512_fmadd_ps(dd[r], _mm512_cvtepi32_ps(_mm512_loadu_si512(xc + r * groups + g)), c[r]); \
+            }                                                                                        \
+            for (int u = 0; u < 8; u++) {                                                            \
+                __m512i q = q4x64_u8(w + 16 * (g + 2 * u));                                          \
+                __m512i lanes = _mm512_add_epi32(pair, _mm512_set1_epi32(2 * u));                    \
+                for (int r = 0; r < R; r++) {                                                        \
+                    __m512i xq = _mm512_loadu_si512(x + r * k + 32 * (g + 2 * u));                   \
+                    __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xq);               \
+                    a[r][u & 1] = _mm512_fmadd_ps(_mm512_permutexvar_ps(lanes, dd[r]), _mm512_cvtepi32_ps(sums), \
+                                                  a[r][u & 1]);                                      \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+        for (; g < groups; g++) {                                                                    \
+            __m256i q = q4x32_u8(w + 16 * g);                                                        \
+            float d = _cvtsh_ss(s[g]);                                                               \
+            for (int r = 0; r < R; r++) {                                                            \
+                __m256i xq = _mm256_loadu_si256((const __m256i *)(x + r * k + 32 * g));              \
+                t[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx[r * groups + g]), dot_q4(q, xq, xc[r * groups + g]), \
+                                       t[r]);                                                        \
+            }                                                                                        \
+        }                                                                                            \
+        for (int r = 0; r < R; r++)                                                                  \
+            out[r] = _mm512_reduce_add_ps(_mm512_sub_ps(_mm512_add_ps(a[r][0], a[r][1]), c[r])) + hsum(t[r]); \
+    }
+Q4_DOT_VNNI(1)
+Q4_DOT_VNNI(2)
+#define Q4_DOT1 q4_dot_vnni1
+#define Q4_DOT2 q4_dot_vnni2
+int q4_vnni(void) { return 1; }
+#else
+#define Q4_DOT1 q4_dot1
+#define Q4_DOT2 q4_dot2
+int q4_vnni(void) { return 0; }
+#endif
+
 typedef struct {
     const void *w;          /* bf16: uint16 n x k; int8: int8 n x k; int4: uint8 n x k/2 */
     const uint16_t *scales; /* int4: fp16 n x k/32 */
@@ -278,11 +342,11 @@ static void *q4_job(void *arg) {
         const uint16_t *s = t->scales + j * (t->k / 32);
         int64_t i = 0;
         for (; i + ROWS <= t->m; i += ROWS) {
-            q4_dot2(w, s, t->xq + i * t->k, t->dx + i * (t->k / 32), t->xc + i * (t->k / 32), t->k, out);
+            Q4_DOT2(w, s, t->xq + i * t->k, t->dx + i * (t->k / 32), t->xc + i * (t->k / 32), t->k, out);
             for (int r = 0; r < ROWS; r++) t->y[(i + r) * t->n + j] = out[r];
         }
         for (; i < t->m; i++)
-            q4_dot1(w, s, t->xq + i * t->k, t->dx + i * (t->k / 32), t->xc + i * (t->k / 32), t->k,
+            Q4_DOT1(w, s, t->xq + i * t->k, t->dx + i * (t->k / 32), t->xc + i * (t->k / 32), t->k,
                     t->y + i * t->n + j);
     }
     return 0;

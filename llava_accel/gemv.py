@@ -40,6 +40,7 @@ FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared", "-fopenmp", "-W
 NEEDS = ("avx2", "fma", "f16c")
 # where the CPU has them, also bf16 x bf16 products in hardware (gemv_bf16_native); LLAVA_ACCEL_GEMV=avx2 leaves them
 NATIVE_FLAGS, NATIVE_NEEDS = ["-mavx512f", "-mavx512vl", "-mavx512bf16"], ("avx512f", "avx512vl", "avx512_bf16")
+VNNI_FLAGS, VNNI_NEEDS = ["-mavx512bw", "-mavx512vnni"], ("avx512bw", "avx512_vnni")  # with those: the int4 kernel
 BF16_MULTIPLE, I8_MULTIPLE, Q4_GROUP = 32, 32, 32  # the input width must be a multiple of these
 ENV = "LLAVA_ACCEL_GEMV"
 # the kernels' prefetch of the weights (gemv.c): non-temporal where it measured faster (AMD Zen 2: the GEMV as fast,
@@ -82,7 +83,8 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         return None, f"no C compiler ({os.environ.get('CC', 'cc')}) on PATH"
     native = setting != "avx2" and all(f in cpu_flags() for f in NATIVE_NEEDS)
     try:
-        path = _build(compiler, FLAGS + NATIVE_FLAGS) if native else None
+        vnni = VNNI_FLAGS if all(f in cpu_flags() for f in VNNI_NEEDS) else []
+        path = _build(compiler, FLAGS + NATIVE_FLAGS + vnni) if native else None
         if not isinstance(path, Path):  # not asked, or a compiler too old for AVX-512 BF16: the AVX2 kernels alone
             path = _build(compiler, FLAGS)
         if not isinstance(path, Path):
@@ -93,6 +95,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.set_prefetch.argtypes, lib.set_prefetch.restype = [_int], None
     lib.set_prefetch(PREFETCH_HINTS.index(prefetch_hint()))
     lib.get_prefetch.argtypes, lib.get_prefetch.restype = [], _int
+    lib.q4_vnni.argtypes, lib.q4_vnni.restype = [], _int
     lib.gemv_bf16.argtypes = [_p, _p, _p, _i64, _i64, _i64, _int]
     lib.gemv_q4.argtypes = [_p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.q4_dequantize.argtypes = [_p, _p, _p, _i64, _i64, _int]
@@ -140,8 +143,9 @@ def describe() -> str:
     lib, where = _library()
     if lib is None:
         return f"torch's kernels ({where})"
-    return (f"our {'AVX-512 BF16 and ' if native_bf16() else ''}AVX2 kernels ({Path(where).name}, prefetch "
-            f"{PREFETCH_HINTS[lib.get_prefetch()]})")
+    isa = [name for name, has in (("AVX-512 BF16", native_bf16()), ("AVX-512 VNNI", lib.q4_vnni())) if has]
+    return (f"our {' and '.join([', '.join(isa), 'AVX2'] if isa else ['AVX2'])} kernels ({Path(where).name}, "
+            f"prefetch {PREFETCH_HINTS[lib.get_prefetch()]})")
 
 
 def _rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:

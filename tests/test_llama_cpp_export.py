@@ -19,6 +19,18 @@ from llava_accel.models.processor import llava_tokenizer  # noqa: E402
 IDS = torch.tensor([[1, 3148, 1001, 29901, 32000, 29871, 13, 5618, 338, 32001, 32063, 2]])
 
 
+@pytest.mark.parametrize("flags, name, extra", [
+    ({"avx2", "amx_int8"}, "m-q4_0.gguf", ["-ub", 1]),  # ggml's AMX matmul crashes on batches: a token at a time
+    ({"avx2", "amx_int8"}, "m-bf16.gguf", []),  # bf16 weights never go to the AMX buffer
+    ({"avx2", "avx512_vnni"}, "m-q4_0.gguf", []),
+])
+def test_llama_bench_makes_the_context_a_token_at_a_time_where_amx_would_crash(monkeypatch, flags, name, extra):
+    from llava_accel import cpuinfo
+
+    monkeypatch.setattr(cpuinfo, "cpu_flags", lambda: flags)
+    assert llama_cpp.amx_batch(Path(name)) == extra
+
+
 @pytest.fixture(scope="module")
 def exported(small_7b, tmp_path_factory):
     # a shard limit below one layer's size: several shards, written while the model is made
