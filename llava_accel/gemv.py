@@ -10,7 +10,9 @@ once for a few input rows (decode steps, a speculative tree); from ``upcast.UPCA
 weight is faster. The int8 kernel (``llava_accel.int8``) sums exact integer products of 7-bit inputs and int8
 weights; on AVX2 it serves every row count (a prefill's 780 rows in 1.14-1.22x fbgemm's time); where the CPU has
 AVX-512 VNNI or AMX, torch's int8 GEMM (oneDNN) sums the same integer products from ``I8_GEMM_MIN_ROWS`` rows on (780
-rows of the 7B's MLP on a 2-core Xeon: 144 ms against our 499). Where the CPU has AVX-512 BF16, bf16 inputs meet the bf16 weights in its dot-product instruction instead (``native_bf16()``; ``LLAVA_ACCEL_GEMV=avx2`` keeps the AVX2 path).
+rows of the 7B's MLP on a 2-core Xeon: 144 ms against our 499). Where the CPU has AVX-512 BF16, bf16 inputs meet the
+bf16 weights in its dot-product instruction instead (``native_bf16()``), and with AVX-512 VNNI the int4 kernel sums
+two groups of 32 products an instruction (``LLAVA_ACCEL_GEMV=avx2`` keeps the AVX2 paths).
 
 Built with the system C compiler (``$CC``, else ``cc``) into ``~/.cache/llava_accel/kernels/`` under a name keyed by
 the source, the flags and the compiler, the first time they are needed (about a second). Where the CPU lacks AVX2,
