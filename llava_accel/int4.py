@@ -4,9 +4,9 @@ Why: torchao's CPU int4 kernel decoded the 7B at 6x its bandwidth floor on a 2-c
 weights; llama.cpp's Q4_0 at 2x (docs/backends.md). Q4_0: groups of 32 weights along the input, one fp16 scale each
 (``d`` = the group's weight of largest magnitude / -8), each weight stored in 4 bits as ``q = round(w / d) + 8``
 clamped to 0..15, so ``w ~ (q - 8) * d``: 4.5 bits a weight. Inputs of fewer than ``UPCAST_MIN_ROWS`` rows (decode
-steps) run the int4 kernel; more rows (a prefill) dequantise the layer to fp32 for that one call and run torch's
-GEMM, as ``llava_accel.upcast`` does for bf16 weights. Same layout and rounding as llama.cpp's
-``quantize_row_q4_0``.
+steps) run the int4 kernel; more rows (a prefill) dequantise the layer for that one call and run torch's GEMM: in
+bf16 where the input is bf16 and the CPU has native bf16 (AMX or AVX-512 BF16 under oneDNN), else in fp32 as
+``llava_accel.upcast`` does for bf16 weights. Same layout and rounding as llama.cpp's ``quantize_row_q4_0``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import gemv
+from .cpuinfo import cpu_has_native_bf16
 from .own_linear import OwnLinear, as_bits
 from .upcast import UPCAST_MIN_ROWS
 
@@ -54,12 +55,13 @@ class Int4Linear(OwnLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() < UPCAST_MIN_ROWS * self.in_features:
             y = gemv.q4_linear(x, self.packed, self.scales)
-            y = y if self.bias is None else y + self.bias.float()
-        elif self.parts:  # joined: each layer's GEMM alone, as unjoined (a GEMM's last bits depend on its width)
-            y = torch.cat([F.linear(x.float(), w) for w in self.dequantize().split(self.parts)], -1)
-        else:
-            y = F.linear(x.float(), self.dequantize(), None if self.bias is None else self.bias.float())
-        return y.to(x.dtype)
+            return (y if self.bias is None else y + self.bias.float()).to(x.dtype)
+        # many rows: torch's GEMM on the dequantised weight, in bf16 where x is and the CPU multiplies bf16 itself
+        dtype = torch.bfloat16 if x.dtype == torch.bfloat16 and cpu_has_native_bf16() else torch.float32
+        xd, w = x.to(dtype), self.dequantize().to(dtype)
+        if self.parts:  # joined: each layer's GEMM alone, as unjoined (a GEMM's last bits depend on its width)
+            return torch.cat([F.linear(xd, part) for part in w.split(self.parts)], -1).to(x.dtype)
+        return F.linear(xd, w, None if self.bias is None else self.bias.to(dtype)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, Q4_0 (groups of {GROUP})"

@@ -149,13 +149,20 @@ def test_int8_layer_matches_fbgemms_dynamic_quantisation(weight):
     assert torch.allclose(ours.dequantize(), weight, atol=weight.abs().max().item() / 254 + 1e-7)
 
 
-def test_int4_layer_runs_many_rows_on_the_dequantised_weight(weight):
+@pytest.mark.parametrize("native", [True, False])
+def test_int4_layer_runs_many_rows_on_the_dequantised_weight(monkeypatch, weight, native):
+    """In bf16 where the CPU multiplies bf16 itself (forced here either way), else in fp32."""
+    from llava_accel import int4
+
+    monkeypatch.setattr(int4, "cpu_has_native_bf16", lambda: native)
     linear = nn.Linear(K, N)
     linear.weight.data = weight
     layer = Int4Linear.from_linear(linear)
     x = torch.randn(2, UPCAST_MIN_ROWS, K).to(torch.bfloat16)
-    expected = F.linear(x.float(), layer.dequantize(), linear.bias.float()).to(torch.bfloat16)
+    dtype = torch.bfloat16 if native else torch.float32
+    expected = F.linear(x.to(dtype), layer.dequantize().to(dtype), linear.bias.to(dtype)).to(torch.bfloat16)
     assert torch.equal(layer(x), expected)
+    assert torch.equal(layer(x.float()), F.linear(x.float(), layer.dequantize(), linear.bias))  # fp32 x: fp32
     few = layer(x[:1, :3])  # the kernel, bias added
     assert few.dtype == torch.bfloat16 and torch.allclose(few.float(), expected[:1, :3].float(), atol=0.05)
     assert (layer.in_features, layer.out_features, layer.bias is not None) == (K, N, True)
