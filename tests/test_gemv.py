@@ -117,6 +117,20 @@ def test_int8_kernel_is_the_product_of_7_bit_rows_and_int8_weights(weight, rows)
     assert _rows_independent(lambda t: gemv.i8_linear(t, q, scales, sums), x)
 
 
+@pytest.mark.parametrize("k", [K, K + 32])  # a multiple of 64 (the VNNI loop where the CPU has it), and not
+def test_int8_sums_are_the_same_bits_on_every_instruction_set(monkeypatch, k):
+    q, scales, sums = quantize_int8(torch.randn(N, k))
+    x = torch.randn(5, k)
+    here = gemv.i8_linear(x, q, scales, sums)
+    monkeypatch.setenv(gemv.ENV, "avx2")
+    gemv._library.cache_clear()
+    try:
+        assert torch.equal(gemv.i8_linear(x, q, scales, sums), here)
+    finally:
+        monkeypatch.delenv(gemv.ENV)
+        gemv._library.cache_clear()
+
+
 def test_int8_many_rows_through_torchs_int8_gemm_are_the_same_bits(monkeypatch, weight):
     """From I8_GEMM_MIN_ROWS rows on a VNNI/AMX CPU, torch's int8 GEMM sums the products between our rounding and our
     scaling: exact integers, so nothing a user can see changes but the time (forced here on any CPU)."""
