@@ -158,6 +158,17 @@ static void quantize_q8(const float *x, int8_t *q, float *d, int32_t *xc, int64_
     }
 }
 
+/* the groups from g on, one at a time, into ACC (an expression of r) for each of the R rows of x */
+#define Q4_GROUPS_LEFT(R, ACC)                                                                       \
+    for (; g < groups; g++) {                                                                        \
+        __m256i q = q4x32_u8(w + 16 * g);                                                            \
+        float d = _cvtsh_ss(s[g]);                                                                   \
+        for (int r = 0; r < R; r++) {                                                                \
+            __m256i xq = _mm256_loadu_si256((const __m256i *)(x + r * k + 32 * g));                  \
+            ACC = _mm256_fmadd_ps(_mm256_set1_ps(d * dx[r * groups + g]), dot_q4(q, xq, xc[r * groups + g]), ACC); \
+        }                                                                                            \
+    }
+
 /* one weight row against R quantised rows of x: per group, an integer dot product scaled by both scales. The
    scale products d * dx of 8 groups are made in one vector and taken lane by lane; even and odd groups go to two
    accumulators, so that an FMA does not wait on the one before (one chain: 7 % slower at 1 thread). */
@@ -180,15 +191,7 @@ static void quantize_q8(const float *x, int8_t *q, float *d, int32_t *xc, int64_
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
-        for (; g < groups; g++) {                                                                    \
-            __m256i q = q4x32_u8(w + 16 * g);                                                        \
-            float d = _cvtsh_ss(s[g]);                                                               \
-            for (int r = 0; r < R; r++) {                                                            \
-                __m256i xq = _mm256_loadu_si256((const __m256i *)(x + r * k + 32 * g));              \
-                a[r][0] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx[r * groups + g]),                    \
-                                          dot_q4(q, xq, xc[r * groups + g]), a[r][0]);               \
-            }                                                                                        \
-        }                                                                                            \
+        Q4_GROUPS_LEFT(R, a[r][0])                                                                   \
         for (int r = 0; r < R; r++) out[r] = hsum(_mm256_add_ps(a[r][0], a[r][1]));                  \
     }
 Q4_DOT(1)
@@ -235,15 +238,7 @@ static inline __m512i q4x64_u8(const uint8_t *p) {
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
-        for (; g < groups; g++) {                                                                    \
-            __m256i q = q4x32_u8(w + 16 * g);                                                        \
-            float d = _cvtsh_ss(s[g]);                                                               \
-            for (int r = 0; r < R; r++) {                                                            \
-                __m256i xq = _mm256_loadu_si256((const __m256i *)(x + r * k + 32 * g));              \
-                t[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx[r * groups + g]), dot_q4(q, xq, xc[r * groups + g]), \
-                                       t[r]);                                                        \
-            }                                                                                        \
-        }                                                                                            \
+        Q4_GROUPS_LEFT(R, t[r])                                                                      \
         for (int r = 0; r < R; r++)                                                                  \
             out[r] = _mm512_reduce_add_ps(_mm512_sub_ps(_mm512_add_ps(a[r][0], a[r][1]), c[r])) + hsum(t[r]); \
     }
