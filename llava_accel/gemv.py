@@ -42,7 +42,7 @@ FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared", "-fopenmp", "-W
 NEEDS = ("avx2", "fma", "f16c")
 # where the CPU has them, also bf16 x bf16 products in hardware (gemv_bf16_native); LLAVA_ACCEL_GEMV=avx2 leaves them
 NATIVE_FLAGS, NATIVE_NEEDS = ["-mavx512f", "-mavx512vl", "-mavx512bf16"], ("avx512f", "avx512vl", "avx512_bf16")
-VNNI_FLAGS, VNNI_NEEDS = ["-mavx512bw", "-mavx512vnni"], ("avx512bw", "avx512_vnni")  # with those: the VNNI int4 and int8 loops
+VNNI_FLAGS, VNNI_NEEDS = ["-mavx512bw", "-mavx512vnni"], ("avx512bw", "avx512_vnni")  # the VNNI int4, int8 loops
 BF16_MULTIPLE, I8_MULTIPLE, Q4_GROUP = 32, 32, 32  # the input width must be a multiple of these
 ENV = "LLAVA_ACCEL_GEMV"
 # the kernels' prefetch of the weights (gemv.c): non-temporal where it measured faster (AMD Zen 2: the GEMV as fast,
