@@ -11,8 +11,9 @@ weight is faster. The int8 kernel (``llava_accel.int8``) sums exact integer prod
 weights; on AVX2 it serves every row count (a prefill's 780 rows in 1.14-1.22x fbgemm's time); where the CPU has
 AVX-512 VNNI or AMX, torch's int8 GEMM (oneDNN) sums the same integer products from ``I8_GEMM_MIN_ROWS`` rows on (780
 rows of the 7B's MLP on a 2-core Xeon: 144 ms against our 499). Where the CPU has AVX-512 BF16, bf16 inputs meet the
-bf16 weights in its dot-product instruction instead (``native_bf16()``), and with AVX-512 VNNI the int4 kernel sums
-two groups of 32 products an instruction (``LLAVA_ACCEL_GEMV=avx2`` keeps the AVX2 paths).
+bf16 weights in its dot-product instruction instead (``native_bf16()``), and with AVX-512 VNNI the int4 kernel reads
+the weights in a blocked layout (``q4_blocks``: 16 output rows a line, one instruction multiplies 4 weights of each by
+the same 4 inputs) and the int8 kernel 64 products an instruction (``LLAVA_ACCEL_GEMV=avx2`` keeps the AVX2 paths).
 
 Built with the system C compiler (``$CC``, else ``cc``) into ``~/.cache/llava_accel/kernels/`` under a name keyed by
 the source, the flags and the compiler, the first time they are needed (about a second). Where the CPU lacks AVX2,
@@ -44,6 +45,7 @@ NEEDS = ("avx2", "fma", "f16c")
 NATIVE_FLAGS, NATIVE_NEEDS = ["-mavx512f", "-mavx512vl", "-mavx512bf16"], ("avx512f", "avx512vl", "avx512_bf16")
 VNNI_FLAGS, VNNI_NEEDS = ["-mavx512bw", "-mavx512vnni"], ("avx512bw", "avx512_vnni")  # the VNNI int4, int8 loops
 BF16_MULTIPLE, I8_MULTIPLE, Q4_GROUP = 32, 32, 32  # the input width must be a multiple of these
+Q4_BLOCK = 16  # int4, blocked layout: weight rows a block (gemv.c)
 ENV = "LLAVA_ACCEL_GEMV"
 # the kernels' prefetch of the weights (gemv.c): non-temporal where it measured faster (AMD Zen 2: the GEMV as fast,
 # torch's ops after it 3x faster), to every cache level where it did not (a Xeon with AVX-512: the int8 GEMV at
@@ -99,8 +101,8 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.get_prefetch.argtypes, lib.get_prefetch.restype = [], _int
     lib.q4_vnni.argtypes, lib.q4_vnni.restype = [], _int
     lib.gemv_bf16.argtypes = [_p, _p, _p, _i64, _i64, _i64, _int]
-    lib.gemv_q4.argtypes = [_p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
-    lib.q4_dequantize.argtypes = [_p, _p, _p, _i64, _i64, _int]
+    lib.gemv_q4.argtypes = [_p, _p, _int, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
+    lib.q4_dequantize.argtypes = [_p, _p, _int, _p, _i64, _i64, _int]
     lib.gemm_i8.argtypes = [_p, _p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.quantize_i8_rows.argtypes = [_p, _p, _p, _p, _i64, _i64]
     lib.scale_i8.argtypes = [_p, _p, _p, _p, _p, _p, _i64, _i64, _int]
@@ -168,17 +170,33 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.view(*x.shape[:-1], n)
 
 
-def q4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``x @ W.T`` in fp32 for W in Q4_0 layout: ``packed`` uint8 (n, k/2), ``scales`` fp16 (n, k/32). ``x`` is
-    rounded to int8 per group of 32 first (Q8_0, as llama.cpp does), so the result is that of the rounded ``x``."""
+def q4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, blocked: bool = False) -> torch.Tensor:
+    """``x @ W.T`` in fp32 for W in Q4_0 layout: ``packed`` uint8 (n, k/2), ``scales`` fp16 (n, k/32), or in the
+    blocked layout (``q4_blocks``) where ``blocked``. ``x`` is rounded to int8 per group of 32 first (Q8_0, as
+    llama.cpp does), so the result is that of the rounded ``x``."""
     n, k = packed.shape[0], packed.shape[1] * 2
     x32, m = _rows(x, k)
     y = torch.empty(m, n, dtype=torch.float32)
     xq, groups = torch.empty(m, k, dtype=torch.int8), m * k // Q4_GROUP  # x in Q8_0: int8, scales, sums
     dx, xc = torch.empty(groups, dtype=torch.float32), torch.empty(groups, dtype=torch.int32)
-    _library()[0].gemv_q4(packed.data_ptr(), scales.data_ptr(), x32.data_ptr(), xq.data_ptr(), dx.data_ptr(),
-                          xc.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads())
+    _library()[0].gemv_q4(packed.data_ptr(), scales.data_ptr(), int(blocked), x32.data_ptr(), xq.data_ptr(),
+                          dx.data_ptr(), xc.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads())
     return y.view(*x.shape[:-1], n)
+
+
+def q4_blocked_kernel() -> bool:
+    """Whether the int4 kernel here reads the blocked layout (``q4_blocks``): with AVX-512 VNNI."""
+    lib = _library()[0]
+    return lib is not None and bool(lib.q4_vnni())
+
+
+def q4_blocks(t: torch.Tensor) -> torch.Tensor:
+    """A Q4_0 ``packed`` (n, k/2) or ``scales`` (n, k/32) tensor in the blocked layout, the same shape: per block of
+    ``Q4_BLOCK`` rows, the packed bytes' 4-byte words (the scales) transposed, so that one 64-byte line holds the
+    same 4 (1) of each row of the block; ``n`` a multiple of ``Q4_BLOCK`` (gemv.c says why)."""
+    n, width = t.shape
+    words = t.view(torch.int32) if t.dtype == torch.uint8 else t
+    return words.reshape(n // Q4_BLOCK, Q4_BLOCK, -1).transpose(1, 2).contiguous().view(t.dtype).view(n, width)
 
 
 def i8_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
@@ -207,11 +225,12 @@ def onednn_int8() -> bool:
     return any(f in cpu_flags() for f in ("avx512_vnni", "amx_int8")) and os.environ.get(ENV) != "avx2"
 
 
-def q4_dequantize(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """The fp32 weight (n, k) of a Q4_0 ``packed``/``scales`` pair."""
+def q4_dequantize(packed: torch.Tensor, scales: torch.Tensor, blocked: bool = False) -> torch.Tensor:
+    """The fp32 weight (n, k) of a Q4_0 ``packed``/``scales`` pair (in the blocked layout where ``blocked``)."""
     n, k = packed.shape[0], packed.shape[1] * 2
     w = torch.empty(n, k, dtype=torch.float32)
-    _library()[0].q4_dequantize(packed.data_ptr(), scales.data_ptr(), w.data_ptr(), n, k, torch.get_num_threads())
+    _library()[0].q4_dequantize(packed.data_ptr(), scales.data_ptr(), int(blocked), w.data_ptr(), n, k,
+                                torch.get_num_threads())
     return w
 
 

@@ -79,20 +79,54 @@ def test_q4_0_packing_is_llama_cpps(weight):
     assert torch.equal(layer.dequantize(), torch.from_numpy(reference))
 
 
-@pytest.mark.parametrize("rows", [1, 3])
-def test_q4_kernel_is_the_product_of_q8_0_inputs_and_q4_0_weights(weight, rows):
+def test_q4_blocked_layout_moves_each_q4_0_word_and_scale_to_its_place(weight):
+    packed, scales = quantize_q4_0(weight)
+    blocked, blocked_scales = gemv.q4_blocks(packed), gemv.q4_blocks(scales)
+    assert blocked.shape == packed.shape and blocked_scales.shape == scales.shape
+    block = gemv.Q4_BLOCK
+    for j, t in [(0, 0), (5, 7), (17, 33), (N - 1, K // 2 - 1)]:  # row j's byte t: word t // 4 of the block's row j % 16
+        at = (j - j % block) * K // 2 + (t // 4 * block + j % block) * 4 + t % 4
+        assert blocked.flatten()[at] == packed[j, t]
+    for j, g in [(3, 0), (20, 9)]:
+        assert blocked_scales.flatten()[(j - j % block) * K // 32 + g * block + j % block] == scales[j, g]
+    assert torch.equal(gemv.q4_dequantize(blocked, blocked_scales, blocked=True), gemv.q4_dequantize(packed, scales))
+
+
+def _layouts():
+    return [False, pytest.param(True, marks=pytest.mark.skipif(
+        not gemv.q4_blocked_kernel(), reason="the blocked int4 loop needs AVX-512 VNNI"))]
+
+
+@pytest.mark.parametrize("blocked", _layouts())
+@pytest.mark.parametrize("rows", [1, 3, 7])  # the blocked loop's tiles of 4, 2 and 1 rows
+def test_q4_kernel_is_the_product_of_q8_0_inputs_and_q4_0_weights(weight, rows, blocked):
     gguf = pytest.importorskip("gguf", reason="llama.cpp's gguf package (pip install -e '.[llamacpp]')")
     from gguf import quants
 
-    layer = Int4Linear(*quantize_q4_0(weight), None)
+    packed, scales = quantize_q4_0(weight)
+    if blocked:
+        packed, scales = gemv.q4_blocks(packed), gemv.q4_blocks(scales)
+    layer = Int4Linear(packed, scales, None, blocked=blocked)
     x = torch.randn(rows, K)
     blocks = quants.quantize(x.numpy(), gguf.GGMLQuantizationType.Q8_0).reshape(rows, K // 32, 34)
     ints = torch.from_numpy(blocks[..., 2:].copy()).view(torch.int8).double()  # Q8_0's int8 values; its scale is
     scale = x.view(rows, K // 32, 32).abs().amax(-1, keepdim=True) / 127  # stored in fp16, ours kept in fp32
     exact = F.linear((ints * scale.double()).view(rows, K), layer.dequantize().double())
-    got = gemv.q4_linear(x, layer.packed, layer.scales)
+    got = layer(x)
     assert torch.allclose(got.double(), exact, rtol=0, atol=1e-5), (got.double() - exact).abs().max()
-    assert _rows_independent(lambda t: gemv.q4_linear(t, layer.packed, layer.scales), x)
+    assert _rows_independent(layer, x)
+
+
+@pytest.mark.parametrize("n", [96, 40])
+def test_int4_layer_is_blocked_where_the_kernel_reads_it_and_the_rows_fill_blocks(n):
+    linear = nn.Linear(K, n)
+    layer, q4_0 = Int4Linear.from_linear(linear), Int4Linear(*quantize_q4_0(linear.weight), linear.bias)
+    assert layer.blocked == (gemv.q4_blocked_kernel() and n % gemv.Q4_BLOCK == 0)
+    assert ("blocked" in repr(layer)) == layer.blocked
+    assert torch.equal(layer.dequantize(), q4_0.dequantize())
+    x = torch.randn(UPCAST_MIN_ROWS + 1, K)  # many rows: the same GEMM on the same weight; few: another sum order
+    assert torch.equal(layer(x), q4_0(x))
+    assert torch.allclose(layer(x[:2]), q4_0(x[:2]), rtol=0, atol=1e-5)
 
 
 def _u7(x: torch.Tensor) -> torch.Tensor:

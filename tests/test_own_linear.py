@@ -53,6 +53,12 @@ def test_layers_apart_or_with_bias_do_not_join(cls):
     assert cls.join([layers[0], with_bias]) is None
 
 
+def test_int4_layers_of_two_layouts_do_not_join():
+    blocked, rows = _siblings(Int4Linear, widths=(32, 40))  # 40 rows do not fill blocks of 16: Q4_0's layout
+    store_together([blocked, rows])
+    assert (Int4Linear.join([blocked, rows]) is None) == gemv.q4_blocked_kernel()
+
+
 @pytest.mark.parametrize("cls", LAYERS)
 def test_a_cast_of_the_model_keeps_the_scales(cls):
     layer = _siblings(cls, widths=(32,))[0]
