@@ -54,13 +54,14 @@ def test_flops_unknown_model_is_one_line(capsys):
 # Ctrl-C after the last timed batch: the CLI on a fake backend, in a process of its own, held at one phase of the
 # end of the run (the FLOP pass, or building the result) until the test has sent SIGINT.
 CTRL_C_RUN = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 import llava_accel.registry
 from llava_accel.cli import main
 from tests.test_measure import SleepingBackend
 
 phase, flag = sys.argv[1], Path(sys.argv[2])
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal, also where the suite runs in the background
 
 def wait_for_ctrl_c(*args, **kwargs):
     flag.touch()
