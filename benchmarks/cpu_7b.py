@@ -70,6 +70,8 @@ ROWS = {
                                    "fp32 activations), pinned", recipe="torch"),
     "cpu-int8": Row("cpu", {"quantize": "int8"}, "q8_0", "bf16 activations, int8 weights (quanto)"),
     "cpu-int4": Row("cpu", {"quantize": "int4"}, "q4_0", "int4 weights: our Q4_0 kernel where it builds"),
+    "cpu-int4-4k": Row("cpu", {"quantize": "int4", "huge_pages": False}, "q4_0", "the same with the weights left in "
+                       "4 KiB pages: what 2 MiB pages give"),
     "cpu-int4-fp32": Row("cpu", {"quantize": "int4", "dtype": "float32"}, "q4_0", "the same with fp32 activations "
                          "and KV cache, as on a CPU without native bf16"),
     "cpu-int4-torchao": Row("cpu", {"quantize": "int4"}, "q4_0", "torchao's int4 kernel (bf16 activations), pinned",

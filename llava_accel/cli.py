@@ -53,7 +53,9 @@ def _backend_options(args: argparse.Namespace) -> dict:
                                  ("quantize", args.quantize), ("device_map", args.device_map),
                                  ("max_memory", args.max_memory and _max_memory(args.max_memory)),
                                  ("offload_folder", args.offload_folder), ("loop", args.loop), ("head", args.head),
-                                 ("upcast", None if args.upcast is None else args.upcast == "on")) if v is not None}
+                                 ("upcast", None if args.upcast is None else args.upcast == "on"),
+                                 ("huge_pages", None if args.huge_pages is None else args.huge_pages == "on"))
+               if v is not None}
     flags = {k: True for k in ("quantize_vision", "no_weights") if getattr(args, k)}
     return {**options, **flags}
 
@@ -86,6 +88,8 @@ def _add_backend_args(p: argparse.ArgumentParser, backend_default: str | None = 
     p.add_argument("--upcast", default=None, choices=("on", "off"),
                    help="cpu backend: many-row matmuls of bf16 weights in float32 (default: on where the CPU has no "
                         "native bf16)")
+    p.add_argument("--huge-pages", default=None, choices=("on", "off"),
+                   help="cpu backend: the weights in 2 MiB pages once loaded (default: on where Linux offers them)")
     p.add_argument("--head", default=None, help="eagle backend: the draft head's folder (eagle-train writes one), or "
                                                 "'random' (a seeded random head: speed and losslessness checks only)")
     p.add_argument("--device-map", default=None, help="spread the model over the GPUs, then the CPU, then disk "

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .. import checks, gemv
+from .. import checks, gemv, hugepages
 from ..cpuinfo import cpu_has_native_bf16
 from ..distributed import local_share
 from ..errors import BackendUnavailableError, OptionError
@@ -38,6 +38,17 @@ def cpu_linears(backend: Any, upcast: bool | None, speculative: bool = False) ->
     if gemv.unavailable_reason():
         return said, gemv.describe()
     return said, f"torch's kernels (no bf16 Linear layer of {OWN_MIN_ELEMENTS} weights or more)"
+
+
+def weights_in_huge_pages(backend: Any, enabled: bool | None) -> str:
+    """Move a CPU backend's weights into 2 MiB pages (``llava_accel.hugepages``: a decode step streams them all)
+    unless ``enabled`` is False. Returns what ``describe()`` says of it."""
+    if enabled is False:
+        return "off (asked)"
+    reason = hugepages.unavailable_reason()
+    if reason:
+        return f"off: {reason}"
+    return str(hugepages.collapse([*backend.model.parameters(), *backend.model.buffers()]))
 
 
 def fp32_shortfall(model: Any) -> str | None:
@@ -73,10 +84,12 @@ class CpuBackend(EagerBackend):
 
     def __init__(self, model: str | None = None, device: str | None = None, dtype: str | None = None,
                  attention: str | None = None, threads: int | None = None, loop: str | None = None,
-                 upcast: bool | None = None, **options: Any) -> None:
+                 upcast: bool | None = None, huge_pages: bool | None = None, **options: Any) -> None:
         """``loop``: "lean" (our greedy loop; the default where it applies) or "generate" (transformers').
         ``upcast``: many-row matmuls of bf16/fp16 weights in fp32 (default: where the CPU has no native bf16); the
         few-row ones (decode steps) run our own kernel where it is faster (``llava_accel.upcast``).
+        ``huge_pages``: the weights in 2 MiB pages once loaded (default: where Linux offers them; a few seconds a GB of
+        weights not made in them).
         ``options``: those of ``EagerBackend`` (``quantize``, ``quantize_vision``)."""
         if device not in (None, "cpu"):
             raise OptionError(f"the 'cpu' backend runs on the CPU only, not on '{device}'; leave the device out, or "
@@ -84,6 +97,7 @@ class CpuBackend(EagerBackend):
         if loop not in (None, *LOOPS):
             raise OptionError(f"unknown loop '{loop}'; use one of {', '.join(LOOPS)}")
         checks.optional(checks.positive_int, threads, "threads")
+        checks.optional(checks.boolean, huge_pages, "huge_pages")
         gemv.prefetch_hint()  # a nonsense LLAVA_ACCEL_PREFETCH is refused here, before the model loads
         self.threads = threads or local_share(default_threads())  # shared with data-parallel peers
         torch.set_num_threads(self.threads)
@@ -93,6 +107,7 @@ class CpuBackend(EagerBackend):
         mmap_large_buffers()  # before the model's buffers: they and a prefill's then return to the system when freed
         super().__init__(model, "cpu", dtype, attention, **options)
         self.upcast, self.gemv = cpu_linears(self, upcast)
+        self.huge_pages = weights_in_huge_pages(self, huge_pages)
         self.loop_reason = unsupported_reason(self.model)  # why the lean loop cannot run this model, if it cannot
         if loop == "lean" and self.loop_reason:
             raise BackendUnavailableError(f"loop='lean' is not available: {self.loop_reason}; use loop='generate'")
@@ -116,4 +131,4 @@ class CpuBackend(EagerBackend):
     def describe(self) -> dict[str, Any]:
         loop = {"loop": self.loop, **({"loop_reason": self.loop_reason} if self.loop_reason else {})}
         return {**super().describe(), "threads": self.threads, "dtype_reason": self.dtype_reason,
-                "upcast": self.upcast, "gemv": self.gemv, **loop}
+                "upcast": self.upcast, "gemv": self.gemv, "huge_pages": self.huge_pages, **loop}

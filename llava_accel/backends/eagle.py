@@ -28,7 +28,7 @@ from ..eagle.sizing import (PROFILE_FILE, AcceptanceProfile, TreeChoice, cache_k
 from ..errors import BackendUnavailableError, OptionError
 from ..lean.greedy import unsupported_reason
 from ..models.loading import DEFAULT_MODEL, LoadedModel
-from .cpu import cpu_dtype, cpu_linears
+from .cpu import cpu_dtype, cpu_linears, weights_in_huge_pages
 from .eager import EagerBackend
 
 TREES = ("auto", "dynamic", "chain")
@@ -65,6 +65,7 @@ class EagleBackend(EagerBackend):
         # on a CPU, the same prefill as the `cpu` backend's
         on_cpu = self.device.type == "cpu"
         self.upcast, self.gemv = cpu_linears(self, upcast, speculative=True) if on_cpu else ("off", "torch's kernels")
+        self.huge_pages = weights_in_huge_pages(self, None) if on_cpu else "off: not on the CPU"
         self.verify_attention = (f"our kernel (llava_accel.gemv.attend) up to {gemv.ATTEND_MAX_QUERIES} tree tokens, "
                                  "else sdpa") if on_cpu and not gemv.unavailable_reason() else "sdpa"
         reason = unsupported_reason(self.model)  # the loop runs the lean layers: generate's tokens only where they apply
@@ -125,7 +126,7 @@ class EagleBackend(EagerBackend):
         per thread count timed, the measured costs and the cache key they are stored under."""
         out = {**super().describe(), "head": self.head_path, "head_target": self.head_config.target,
                "tree_mode": self.tree_mode, "verify_attention": self.verify_attention, "upcast": self.upcast,
-               "gemv": self.gemv}
+               "gemv": self.gemv, "huge_pages": self.huge_pages}
         if self.tree_mode == "auto" and self.profile is None:
             return {**out, "tree": asdict(self.tree), "tree_reason": f"default tree: the head has no acceptance "
                     f"profile ({PROFILE_FILE}; eagle-train writes one) to size a tree with"}

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..hugepages import advise
 from ..quantize import release_heap
 
 
@@ -25,8 +26,8 @@ class SlotCache:
         # keys and values in one tensor, so that compaction moves both with one gather and one scatter; left
         # uninitialised: every slot a forward reads (those before its own new ones) was written before, and on a CPU
         # pages never written take no memory, so a prefill's entries move in (load_prefill) without the prompt's
-        # entries being in memory twice
-        self.kv = torch.empty((2, layers, batch, kv_heads, capacity, head_dim), dtype=dtype, device=device)
+        # entries being in memory twice; in 2 MiB pages on a CPU (``hugepages``: a decode step reads it all)
+        self.kv = advise(torch.empty((2, layers, batch, kv_heads, capacity, head_dim), dtype=dtype, device=device))
         self._layers = list(zip(self.kv[0].unbind(0), self.kv[1].unbind(0)))
         self.start = torch.zeros(batch, dtype=torch.long, device=device)  # first valid slot of each row
         self.lens = torch.zeros(batch, dtype=torch.long, device=device)  # one past the last valid slot

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import LlavaAccelError
+from ..hugepages import advise
 from ..metrics.memory import proc_kib_field
 from ..quantize import BlockQuantizer
 from .architecture import SHIPPED_CONFIGS
@@ -141,7 +142,8 @@ def _make_block(model: nn.Module, names: list[str], device: torch.device, dtype:
         module = model.get_submodule(name)  # looked up now: holding the modules would keep those quantised since
         std = _initializer_range(model, name)
         for pname, param in list(module.named_parameters(recurse=False)):
-            made = torch.empty(param.shape, dtype=dtype if param.is_floating_point() else param.dtype, device=device)
+            made = advise(torch.empty(param.shape, dtype=dtype if param.is_floating_point() else param.dtype,
+                                      device=device))  # 2 MiB pages from the first write: nothing to move later
             _fill(pname, made, std, generator)
             module._parameters[pname] = nn.Parameter(made, requires_grad=False)
 
