@@ -158,14 +158,34 @@ static inline __m256 dot_q4(__m256i q, __m256i x, int32_t xc) {
 }
 
 /* the input rows in Q8_0 (llama.cpp's scheme): per group of 32, d = max|x| / 127, x ~ round(x / d) * d */
-static void quantize_q8(const float *x, int8_t *q, float *d, int32_t *xc, int64_t m, int64_t k) {
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* fp32 to bf16, rounded to nearest even as torch's .to(torch.bfloat16) does (denormals kept, NaN as 0x7FC0) */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if (isnan(f)) return 0x7FC0;
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+/* x (m x k, fp32 or, where x16, bf16) in Q8_0 */
+static void quantize_q8(const void *x, int x16, int8_t *q, float *d, int32_t *xc, int64_t m, int64_t k) {
+    float v[32];
     for (int64_t g = 0; g < m * k / 32; g++) {
         float amax = 0.0f;
-        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[32 * g + i]));
+        for (int i = 0; i < 32; i++) {
+            v[i] = x16 ? bf16_to_f32(((const uint16_t *)x)[32 * g + i]) : ((const float *)x)[32 * g + i];
+            amax = fmaxf(amax, fabsf(v[i]));
+        }
         d[g] = amax / 127.0f;
         float inverse = d[g] ? 1.0f / d[g] : 0.0f;
         int32_t sum = 0;
-        for (int i = 0; i < 32; i++) sum += q[32 * g + i] = (int8_t)roundf(x[32 * g + i] * inverse);
+        for (int i = 0; i < 32; i++) sum += q[32 * g + i] = (int8_t)roundf(v[i] * inverse);
         xc[g] = 8 * sum;
     }
 }
@@ -268,6 +288,7 @@ typedef struct {
     const float *dx;  /* int4: the scales of x's groups, int8: of its rows */
     const int32_t *xc; /* int4: 8 x the sums of x's groups, int8: the zero points of its rows */
     float *y;
+    uint16_t *y16; /* int4: where set, y's columns of the job also rounded to bf16 here, while they are warm */
     int64_t m, n, k, j0, j1;
     int blocked; /* int4: in the blocked layout (Q4_BLOCK rows a block) */
 } Job;
@@ -428,6 +449,9 @@ static void run(void *(*job)(void *), Job all, int threads) {
         Job part = all;
         part.j0 = units * t / threads * unit, part.j1 = units * (t + 1) / threads * unit;
         job(&part);
+        if (part.y16)
+            for (int64_t i = 0; i < part.m; i++)
+                for (int64_t j = part.j0; j < part.j1; j++) part.y16[i * part.n + j] = f32_to_bf16(part.y[i * part.n + j]);
     }
 }
 
@@ -509,12 +533,13 @@ void gemv_bf16(const uint16_t *w, const float *x, float *y, int64_t m, int64_t n
     run(bf16_job, (Job){.w = w, .x = x, .y = y, .m = m, .n = n, .k = k}, threads);
 }
 
-/* xq (m x k bytes), dx (m x k/32 floats) and xc (m x k/32 int32): the caller's scratch for x in Q8_0; blocked: the
-   weights in the blocked layout (n a multiple of Q4_BLOCK; only where q4_vnni()) */
-void gemv_q4(const uint8_t *w, const uint16_t *scales, int blocked, const float *x, int8_t *xq, float *dx,
-             int32_t *xc, float *y, int64_t m, int64_t n, int64_t k, int threads) {
-    quantize_q8(x, xq, dx, xc, m, k);
-    Job job = {.w = w, .scales = scales, .xq = xq, .dx = dx, .xc = xc, .y = y, .m = m, .n = n, .k = k,
+/* x: fp32, or bf16 where x16; xq (m x k bytes), dx (m x k/32 floats) and xc (m x k/32 int32): the caller's scratch
+   for x in Q8_0; y: fp32, and where y16 is given, rounded to bf16 there too (y then the scratch); blocked: the weights
+   in the blocked layout (n a multiple of Q4_BLOCK; only where q4_vnni()) */
+void gemv_q4(const uint8_t *w, const uint16_t *scales, int blocked, const void *x, int x16, int8_t *xq, float *dx,
+             int32_t *xc, float *y, uint16_t *y16, int64_t m, int64_t n, int64_t k, int threads) {
+    quantize_q8(x, x16, xq, dx, xc, m, k);
+    Job job = {.w = w, .scales = scales, .xq = xq, .dx = dx, .xc = xc, .y = y, .y16 = y16, .m = m, .n = n, .k = k,
                .blocked = blocked};
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
     if (blocked) {

@@ -101,7 +101,7 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.get_prefetch.argtypes, lib.get_prefetch.restype = [], _int
     lib.q4_vnni.argtypes, lib.q4_vnni.restype = [], _int
     lib.gemv_bf16.argtypes = [_p, _p, _p, _i64, _i64, _i64, _int]
-    lib.gemv_q4.argtypes = [_p, _p, _int, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
+    lib.gemv_q4.argtypes = [_p, _p, _int, _p, _int, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.q4_dequantize.argtypes = [_p, _p, _int, _p, _i64, _i64, _int]
     lib.gemm_i8.argtypes = [_p, _p, _p, _p, _p, _p, _p, _p, _i64, _i64, _i64, _int]
     lib.quantize_i8_rows.argtypes = [_p, _p, _p, _p, _i64, _i64]
@@ -170,18 +170,24 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.view(*x.shape[:-1], n)
 
 
-def q4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, blocked: bool = False) -> torch.Tensor:
-    """``x @ W.T`` in fp32 for W in Q4_0 layout: ``packed`` uint8 (n, k/2), ``scales`` fp16 (n, k/32), or in the
-    blocked layout (``q4_blocks``) where ``blocked``. ``x`` is rounded to int8 per group of 32 first (Q8_0, as
-    llama.cpp does), so the result is that of the rounded ``x``."""
+def q4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, blocked: bool = False,
+              bf16_out: bool = False) -> torch.Tensor:
+    """``x @ W.T`` in fp32 (``bf16_out``: rounded to bf16, as ``.to(torch.bfloat16)`` would) for W in Q4_0 layout:
+    ``packed`` uint8 (n, k/2), ``scales`` fp16 (n, k/32), or in the blocked layout (``q4_blocks``) where ``blocked``.
+    ``x`` is rounded to int8 per group of 32 first (Q8_0, as llama.cpp does), so the result is that of the rounded
+    ``x``. bf16 ``x`` and the bf16 result are read and written by the kernel itself: in a decode step each torch op
+    after a weight stream starts with cold caches, and those two conversions cost the 7B 5 ms a token."""
     n, k = packed.shape[0], packed.shape[1] * 2
-    x32, m = _rows(x, k)
+    x16 = x.dtype == torch.bfloat16
+    rows, m = (x.reshape(-1, k).contiguous(), x.numel() // k) if x16 else _rows(x, k)
     y = torch.empty(m, n, dtype=torch.float32)
+    y16 = torch.empty(m, n, dtype=torch.bfloat16) if bf16_out else None
     xq, groups = torch.empty(m, k, dtype=torch.int8), m * k // Q4_GROUP  # x in Q8_0: int8, scales, sums
     dx, xc = torch.empty(groups, dtype=torch.float32), torch.empty(groups, dtype=torch.int32)
-    _library()[0].gemv_q4(packed.data_ptr(), scales.data_ptr(), int(blocked), x32.data_ptr(), xq.data_ptr(),
-                          dx.data_ptr(), xc.data_ptr(), y.data_ptr(), m, n, k, torch.get_num_threads())
-    return y.view(*x.shape[:-1], n)
+    _library()[0].gemv_q4(packed.data_ptr(), scales.data_ptr(), int(blocked), rows.data_ptr(), int(x16),
+                          xq.data_ptr(), dx.data_ptr(), xc.data_ptr(), y.data_ptr(),
+                          None if y16 is None else y16.data_ptr(), m, n, k, torch.get_num_threads())
+    return (y if y16 is None else y16).view(*x.shape[:-1], n)
 
 
 def q4_blocked_kernel() -> bool:

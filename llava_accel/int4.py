@@ -76,6 +76,8 @@ class Int4Linear(OwnLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() < UPCAST_MIN_ROWS * self.in_features:
+            if self.bias is None and x.dtype == torch.bfloat16:  # rounded to bf16 by the kernel
+                return gemv.q4_linear(x, self.packed, self.scales, self.blocked, bf16_out=True)
             y = gemv.q4_linear(x, self.packed, self.scales, self.blocked)
             return (y if self.bias is None else y + self.bias.float()).to(x.dtype)
         # many rows: torch's GEMM on the dequantised weight, in bf16 where x is and the CPU multiplies bf16 itself

@@ -117,6 +117,21 @@ def test_q4_kernel_is_the_product_of_q8_0_inputs_and_q4_0_weights(weight, rows, 
     assert _rows_independent(layer, x)
 
 
+@pytest.mark.parametrize("blocked", _layouts())
+@pytest.mark.parametrize("rows", [1, 5])
+def test_q4_kernel_reads_and_writes_bf16_as_torch_converts_it(weight, rows, blocked):
+    packed, scales = quantize_q4_0(weight)
+    if blocked:
+        packed, scales = gemv.q4_blocks(packed), gemv.q4_blocks(scales)
+    for magnitude in (1.0, 1e-38):  # the second: denormal inputs and outputs, which torch keeps (no flush to zero)
+        x = (torch.randn(rows, K) * magnitude).bfloat16()
+        y32 = gemv.q4_linear(x.float(), packed, scales, blocked)
+        assert torch.equal(gemv.q4_linear(x, packed, scales, blocked), y32)  # bf16 x read as torch widens it
+        got = gemv.q4_linear(x, packed, scales, blocked, bf16_out=True)
+        assert got.dtype == torch.bfloat16 and torch.equal(got, y32.bfloat16())
+        assert magnitude == 1.0 or (y32.abs() < torch.finfo(torch.float32).tiny).any()
+
+
 @pytest.mark.parametrize("n", [96, 40])
 def test_int4_layer_is_blocked_where_the_kernel_reads_it_and_the_rows_fill_blocks(n):
     linear = nn.Linear(K, n)
