@@ -157,7 +157,6 @@ static inline __m256 dot_q4(__m256i q, __m256i x, int32_t xc) {
     return _mm256_cvtepi32_ps(_mm256_sub_epi32(sums, _mm256_zextsi128_si256(_mm_cvtsi32_si128(xc))));
 }
 
-/* the input rows in Q8_0 (llama.cpp's scheme): per group of 32, d = max|x| / 127, x ~ round(x / d) * d */
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -173,7 +172,8 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
 }
 
-/* x (m x k, fp32 or, where x16, bf16) in Q8_0 */
+/* the input rows (m x k, fp32 or, where x16, bf16) in Q8_0 (llama.cpp's scheme): per group of 32, d = max|x| / 127,
+   x ~ round(x / d) * d */
 static void quantize_q8(const void *x, int x16, int8_t *q, float *d, int32_t *xc, int64_t m, int64_t k) {
     float v[32];
     for (int64_t g = 0; g < m * k / 32; g++) {
@@ -451,7 +451,8 @@ static void run(void *(*job)(void *), Job all, int threads) {
         job(&part);
         if (part.y16)
             for (int64_t i = 0; i < part.m; i++)
-                for (int64_t j = part.j0; j < part.j1; j++) part.y16[i * part.n + j] = f32_to_bf16(part.y[i * part.n + j]);
+                for (int64_t j = part.j0; j < part.j1; j++)
+                    part.y16[i * part.n + j] = f32_to_bf16(part.y[i * part.n + j]);
     }
 }
 

@@ -14,10 +14,11 @@ tensor's memory is touched; the values never change.
 from __future__ import annotations
 
 import ctypes
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -44,13 +45,20 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _madvise(start: int, length: int, advice: int) -> bool:
+@functools.cache
+def _libc_madvise() -> Callable[[int, int, int], int] | None:
+    """glibc's madvise, loaded once (None: not glibc)."""
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:  # not glibc
-        return False
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return libc.madvise(start, length, advice) == 0
+        madvise = ctypes.CDLL("libc.so.6", use_errno=True).madvise
+    except OSError:
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise
+
+
+def _madvise(start: int, length: int, advice: int) -> bool:
+    madvise = _libc_madvise()
+    return madvise is not None and madvise(start, length, advice) == 0
 
 
 def _interior(t: torch.Tensor) -> tuple[int, int]:
